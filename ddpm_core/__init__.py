@@ -1,0 +1,39 @@
+"""ddpm_core: a denoising diffusion probabilistic model (Ho et al. 2020) for MNIST, from scratch.
+
+The modules, one idea each:
+
+    schedule    the noise schedule and the closed forms of the forward process
+    unet        the noise-prediction network eps_theta(x_t, t)
+    sampling    the reverse process: ancestral sampling (Algorithm 2)
+    training    the simple loss and the training loop (Algorithm 1)
+    data        MNIST as tensors in [-1, 1]
+    checkpoint  saving and loading models
+    viz         grids, trajectories and timestep sliders for the book
+"""
+
+__version__ = "0.1.0"
+
+from ddpm_core.checkpoint import LoadedModel, load_checkpoint, read_metadata
+from ddpm_core.data import load_mnist
+from ddpm_core.errors import DDPMError
+from ddpm_core.sampling import Trajectory, sample
+from ddpm_core.schedule import NoiseSchedule
+from ddpm_core.training import TrainConfig, TrainResult, train
+from ddpm_core.unet import UNet, UNetConfig, count_parameters
+
+__all__ = [
+    "DDPMError",
+    "LoadedModel",
+    "NoiseSchedule",
+    "TrainConfig",
+    "TrainResult",
+    "Trajectory",
+    "UNet",
+    "UNetConfig",
+    "count_parameters",
+    "load_checkpoint",
+    "load_mnist",
+    "read_metadata",
+    "sample",
+    "train",
+]

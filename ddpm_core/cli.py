@@ -1,0 +1,139 @@
+"""The command line: ``python -m ddpm_core {train,sample} ...``.
+
+Bad arguments and unusable inputs print one paragraph saying what was wrong
+and how to fix it, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ddpm_core.errors import DDPMError
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _decay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1 (e.g. 0.999), got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    from ddpm_core.device import DEVICE_CHOICES
+
+    if text.split(":")[0].lower() not in DEVICE_CHOICES:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ddpm_core", description="Train and sample a DDPM on MNIST.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train the UNet, with a checkpoint after every epoch")
+    train.add_argument("--epochs", type=_positive_int, default=15, help="total epochs (default 15)")
+    train.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default 128)")
+    train.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
+    train.add_argument("--out", type=Path, default=Path("runs/mnist"), help="output folder (default runs/mnist)")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    train.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise (default 0)")
+    train.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
+    train.add_argument("--subset", type=_positive_int, default=None, help="train on the first N images only")
+    train.add_argument("--ema-decay", type=_decay, default=None, help="keep an EMA of the weights (e.g. 0.999)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    samp = commands.add_parser("sample", help="generate digits from a checkpoint")
+    samp.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors or a training folder")
+    samp.add_argument("--num-samples", type=_positive_int, default=32, help="number of images (default 32)")
+    samp.add_argument("--seed", type=int, default=0, help="sample i uses seed S+i (default 0)")
+    samp.add_argument("--out", type=Path, required=True, help="output file: .png (a grid) or .npy (uint8 N x 28 x 28)")
+    samp.add_argument("--variance", choices=("beta", "posterior"), default="beta", help="sigma_t^2 (default beta)")
+    samp.add_argument("--noise-scale", type=float, default=1.0, help="scale of the fresh noise (default 1.0)")
+    samp.add_argument("--ema", action="store_true", help="use the EMA weights")
+    samp.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
+    samp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ddpm_core.training import TrainConfig, train
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        ema_decay=args.ema_decay,
+        subset=args.subset,
+    )
+    result = train(args.out, config, resume=args.resume, device=args.device, progress=not args.no_progress)
+    losses = ", ".join(f"{loss:.4f}" for loss in result.loss_history)
+    print(f"trained {len(result.loss_history)} epochs on {result.device} in {result.wall_time_s:.0f} s")
+    print(f"epoch mean losses: {losses}")
+    print(f"checkpoint: {args.out / 'model.safetensors'}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ddpm_core.checkpoint import load_checkpoint
+    from ddpm_core.data import to_uint8
+    from ddpm_core.device import resolve_device
+    from ddpm_core.sampling import sample
+    from ddpm_core.viz import save_grid
+
+    suffix = args.out.suffix.lower()
+    if suffix not in (".png", ".npy"):
+        raise DDPMError(
+            f"Unknown output extension {args.out.suffix!r} for {args.out}: use .png for an image grid or .npy for "
+            f"a uint8 array of shape (N, 28, 28)."
+        )
+    if args.noise_scale < 0:
+        raise DDPMError(f"--noise-scale must be >= 0, got {args.noise_scale}.")
+    loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), use_ema=args.ema)
+    images, _ = sample(
+        loaded.model,
+        loaded.schedule,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        variance=args.variance,
+        noise_scale=args.noise_scale,
+        progress=not args.no_progress,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npy":
+        np.save(args.out, to_uint8(images)[:, 0].numpy())
+    else:
+        save_grid(images, args.out)
+    print(f"wrote {args.num_samples} samples to {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        return _sample(args)
+    except DDPMError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,183 @@
+"""The noise-prediction network eps_theta(x_t, t): a small UNet for 28x28 images.
+
+The design follows the UNet of Ho et al. 2020 (appendix B), itself after
+PixelCNN++ and Ronneberger et al. 2015, cut down to MNIST's size:
+
+    x_t (B, 1, 28, 28) --conv_in--> 28x28 --down--> 14x14 --down--> 7x7
+                                                                      |
+                                                                    middle
+                                                                      |
+    eps (B, 1, 28, 28) <--conv_out-- 28x28 <--up-- 14x14 <--up------ 7x7
+
+Each resolution has one residual block on the way down and one on the way up;
+the up block sees the down block's output through a skip connection
+(concatenated channels). Every residual block receives the timestep through a
+sinusoidal embedding (Vaswani et al. 2017) passed through a small MLP, so one
+set of weights serves all 1000 noise levels. Normalisation is GroupNorm
+(Wu and He 2018), as in the paper; there is no attention at this size.
+
+The default configuration has exactly 324,705 trainable parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    image_channels: int = 1  # MNIST is greyscale
+    channels: tuple[int, ...] = (32, 32, 48)  # width at 28x28, 14x14 and 7x7
+    time_freq_dim: int = 16  # number of sinusoidal features of t (8 frequencies, sin and cos)
+    time_embed_dim: int = 64  # width of the MLP that turns those features into the embedding
+    num_groups: int = 8  # GroupNorm groups; must divide every width above
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> UNetConfig:
+        data = dict(data)
+        data["channels"] = tuple(data["channels"])
+        return cls(**data)
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """Map integer timesteps to sin/cos features at geometrically spaced frequencies.
+
+    Vaswani et al. 2017, section 3.5: emb[2i] = sin(t / 10000^(2i/d)),
+    emb[2i+1] = cos(t / 10000^(2i/d)). Nearby timesteps get nearby vectors, and
+    the network can read both coarse and fine differences in t.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"The sinusoidal embedding needs an even width, got {dim}.")
+        self.dim = dim
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        angles = t.float()[:, None] * freqs[None, :]  # (B,) -> (B, dim/2)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (B, dim)
+
+
+class ResidualBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv, add the timestep, GroupNorm -> SiLU -> conv, plus a skip."""
+
+    def __init__(self, in_channels: int, out_channels: int, time_embed_dim: int, num_groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(num_groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_proj = nn.Linear(time_embed_dim, out_channels)
+        self.norm2 = nn.GroupNorm(num_groups, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        # A 1x1 convolution only where the widths differ, so the sum is defined.
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: Tensor, time_emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, C_in, H, W) -> (B, C_out, H, W)
+        h = h + self.time_proj(time_emb)[:, :, None, None]  # one shift per channel, from t
+        h = self.conv2(F.silu(self.norm2(h)))
+        return h + self.skip(x)
+
+
+class Downsample(nn.Module):
+    """2x2 max pooling, as in the original UNet: (B, C, H, W) -> (B, C, H/2, W/2).
+
+    It has no weights; the residual block after it learns what to keep.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(x)
+
+
+class Upsample(nn.Module):
+    """A learned 4x4 transposed convolution with stride 2: (B, C, H, W) -> (B, C, 2H, 2W).
+
+    Kernel 4 with stride 2 covers every output pixel with the same number of
+    taps, which avoids the checkerboard pattern of kernel 3 (Odena et al. 2016).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t): predicts the noise in x_t. Input and output are (B, C, 28, 28)."""
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        config = config or UNetConfig()
+        self.config = config
+        widths = config.channels
+        base = widths[0]
+
+        self.time_embed = nn.Sequential(
+            SinusoidalTimeEmbedding(config.time_freq_dim),
+            nn.Linear(config.time_freq_dim, config.time_embed_dim),
+            nn.SiLU(),
+            nn.Linear(config.time_embed_dim, config.time_embed_dim),
+        )
+        self.conv_in = nn.Conv2d(config.image_channels, base, 3, padding=1)
+
+        def block(c_in: int, c_out: int) -> ResidualBlock:
+            return ResidualBlock(c_in, c_out, config.time_embed_dim, config.num_groups)
+
+        self.down_blocks = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        previous = base
+        for level, width in enumerate(widths):
+            self.down_blocks.append(block(previous, width))
+            if level < len(widths) - 1:
+                self.downsamples.append(Downsample(width))
+            previous = width
+
+        self.middle = block(widths[-1], widths[-1])
+
+        self.up_blocks = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            width = widths[level]
+            self.up_blocks.append(block(previous + width, width))  # + width: the skip connection
+            if level > 0:
+                self.upsamples.append(Upsample(width))
+            previous = width
+
+        self.norm_out = nn.GroupNorm(config.num_groups, base)
+        self.conv_out = nn.Conv2d(base, config.image_channels, 3, padding=1)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        time_emb = self.time_embed(t)  # (B,) -> (B, time_embed_dim)
+        h = self.conv_in(x)  # (B, 1, 28, 28) -> (B, C0, 28, 28)
+        skips = []
+        for level, down_block in enumerate(self.down_blocks):
+            h = down_block(h, time_emb)
+            skips.append(h)
+            if level < len(self.downsamples):
+                h = self.downsamples[level](h)  # (B, C, H, W) -> (B, C, H/2, W/2)
+        h = self.middle(h, time_emb)
+        for level, up_block in enumerate(self.up_blocks):
+            h = up_block(torch.cat([h, skips.pop()], dim=1), time_emb)  # (B, C + C_skip, H, W) -> (B, C, H, W)
+            if level < len(self.upsamples):
+                h = self.upsamples[level](h)  # (B, C, H, W) -> (B, C, 2H, 2W)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C0, 28, 28) -> (B, 1, 28, 28)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """The number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
