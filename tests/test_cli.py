@@ -1,0 +1,56 @@
+"""The command line: a real train-then-sample round trip, and exit status 2 with a clear message on bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm_core.cli import main
+from tests.helpers import REPO, needs_mnist
+
+
+@needs_mnist
+def test_train_then_sample_from_the_command_line(tmp_path):
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "ddpm_core", "train", "--epochs", "1", "--subset", "256", "--out", str(run),
+                    "--no-progress"], cwd=REPO, check=True, capture_output=True)
+    assert (run / "model.safetensors").is_file()
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(run), "--num-samples", "4", "--seed", "1", "--out", str(grid),
+                 "--no-progress"]) == 0
+    assert Image.open(grid).size[0] > 56
+    array_path = tmp_path / "samples.npy"
+    assert main(["sample", "--checkpoint", str(run / "model.safetensors"), "--num-samples", "3", "--seed", "1",
+                 "--out", str(array_path), "--no-progress"]) == 0
+    array = np.load(array_path)
+    assert array.shape == (3, 28, 28) and array.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+        (["train", "--batch-size", "-4"], "--batch-size: expected a positive integer, got -4"),
+        (["train", "--device", "tpu"], "unknown device 'tpu'"),
+        (["sample", "--checkpoint", "x", "--num-samples", "0", "--out", "a.png"], "expected a positive integer, got 0"),
+        (["train", "--ema-decay", "1.5"], "strictly between 0 and 1"),
+    ],
+)
+def test_invalid_arguments_exit_with_status_2_and_say_why(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_output_extension_exits_with_status_2(tmp_path, capsys):
+    assert main(["sample", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "grid.jpg")]) == 2
+    assert "Unknown output extension '.jpg'" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_exits_with_status_2(tmp_path, capsys):
+    assert main(["sample", "--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert "No checkpoint at" in err and "Traceback" not in err

@@ -1,0 +1,76 @@
+"""The ancestral sampler (Ho et al. 2020, Algorithm 2)."""
+
+import pytest
+import torch
+
+from ddpm_core import DDPMError, sample
+from ddpm_core.sampling import Trajectory
+from tests.helpers import tiny_model, tiny_schedule
+
+
+def test_sample_returns_one_image_per_seed():
+    images, trajectory = sample(tiny_model(), tiny_schedule(), num_samples=3, progress=False)
+    assert images.shape == (3, 1, 28, 28)
+    assert trajectory is None
+
+
+def test_same_seed_gives_the_same_samples_bit_for_bit():
+    a, _ = sample(tiny_model(), tiny_schedule(), num_samples=4, seed=7, progress=False)
+    b, _ = sample(tiny_model(), tiny_schedule(), num_samples=4, seed=7, progress=False)
+    c, _ = sample(tiny_model(), tiny_schedule(), num_samples=4, seed=8, progress=False)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_a_sample_depends_on_its_own_seed_not_on_its_batch():
+    batched, _ = sample(tiny_model(), tiny_schedule(), seeds=[3, 4, 5], progress=False)
+    alone, _ = sample(tiny_model(), tiny_schedule(), seeds=[4], progress=False)
+    assert torch.allclose(batched[1], alone[0], atol=1e-5)
+
+
+def test_noise_scale_zero_removes_the_fresh_noise():
+    model, schedule = tiny_model(), tiny_schedule()
+    images, _ = sample(model, schedule, seeds=[0], noise_scale=0.0, progress=False)
+    # Replay Algorithm 2 by hand with z = 0: only x_T is random.
+    x = torch.randn((1, 28, 28), generator=torch.Generator().manual_seed(0))[None]
+    with torch.no_grad():
+        for t in range(schedule.num_steps, 0, -1):
+            eps = model(x, torch.tensor([t]))
+            a, b, ab = schedule.alphas[t - 1], schedule.betas[t - 1], schedule.alpha_bars[t - 1]
+            x = (x - b / (1 - ab).sqrt() * eps) / a.sqrt()
+    assert torch.allclose(images, x, atol=1e-5)
+    noisy, _ = sample(model, schedule, seeds=[0], noise_scale=1.0, progress=False)
+    assert not torch.allclose(noisy, images, atol=1e-3)
+
+
+def test_variance_choice_changes_the_samples():
+    beta, _ = sample(tiny_model(), tiny_schedule(), seeds=[1], variance="beta", progress=False)
+    posterior, _ = sample(tiny_model(), tiny_schedule(), seeds=[1], variance="posterior", progress=False)
+    assert not torch.allclose(beta, posterior)
+
+
+def test_trajectory_captures_xt_and_predicted_x0_at_chosen_timesteps():
+    schedule = tiny_schedule()
+    images, trajectory = sample(tiny_model(), schedule, num_samples=2, capture=[0, 20, 10, 5], progress=False)
+    assert isinstance(trajectory, Trajectory)
+    assert trajectory.timesteps == [20, 10, 5, 0]
+    assert trajectory.xt.shape == (4, 2, 1, 28, 28)
+    assert trajectory.x0_pred.shape == (4, 2, 1, 28, 28)
+    assert torch.equal(trajectory.xt[-1], images)  # at t = 0 the state is the sample
+    first = torch.randn((1, 28, 28), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(trajectory.xt[0, 0], first)  # at t = T the state is the seed's noise
+    assert trajectory.index(10) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_samples": 0}, "num_samples must be a positive integer"),
+        ({"num_samples": 1, "variance": "learned"}, "variance must be one of"),
+        ({"num_samples": 1, "noise_scale": -1.0}, "noise_scale must be >= 0"),
+        ({"num_samples": 1, "capture": [21]}, "Captured timesteps must lie in 0..20"),
+    ],
+)
+def test_bad_sampler_arguments_are_refused_with_a_clear_message(kwargs, message):
+    with pytest.raises(DDPMError, match=message):
+        sample(tiny_model(), tiny_schedule(), progress=False, **kwargs)

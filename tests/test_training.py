@@ -1,0 +1,125 @@
+"""Training: the loss falls, resumption is exact, and crashes never lose the last good checkpoint."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ddpm_core import DDPMError, TrainConfig, load_checkpoint, read_metadata, train
+from ddpm_core.checkpoint import save_weights
+from ddpm_core.data import load_mnist
+from tests.helpers import REPO, TINY_CONFIG, needs_mnist
+
+QUICK = TrainConfig(epochs=2, batch_size=32, seed=3, num_steps=100)
+
+
+def synthetic_images(n: int = 96, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand((n, 1, 28, 28), generator=generator) * 2 - 1
+
+
+@needs_mnist
+def test_loss_falls_on_a_small_mnist_subset(tmp_path):
+    images, _ = load_mnist(train=True, subset=512)
+    config = TrainConfig(epochs=3, batch_size=64, seed=0)
+    result = train(tmp_path / "run", config, images=images, device="cpu", progress=False)
+    assert len(result.loss_history) == 3
+    assert result.loss_history[0] > 0.2
+    assert result.loss_history[-1] < 0.75 * result.loss_history[0]
+
+
+def test_two_epochs_straight_equal_one_epoch_then_resume(tmp_path):
+    images = synthetic_images()
+    config = replace(QUICK, ema_decay=0.9)
+    straight = train(tmp_path / "straight", config, TINY_CONFIG, images=images, device="cpu", progress=False)
+    train(tmp_path / "resumed", replace(config, epochs=1), TINY_CONFIG, images=images, device="cpu", progress=False)
+    resumed = train(tmp_path / "resumed", config, TINY_CONFIG, resume=True, images=images, device="cpu", progress=False)
+    assert resumed.loss_history == straight.loss_history
+    for use_ema in (False, True):
+        a = load_checkpoint(tmp_path / "straight", use_ema=use_ema).model.state_dict()
+        b = load_checkpoint(tmp_path / "resumed", use_ema=use_ema).model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_epoch_writes_a_checkpoint_with_its_metadata(tmp_path):
+    result = train(tmp_path, QUICK, TINY_CONFIG, images=synthetic_images(), device="cpu", progress=False)
+    for epoch in (1, 2):
+        metadata = read_metadata(tmp_path / "epochs" / f"epoch_{epoch:03d}.safetensors")
+        assert metadata["epoch"] == epoch
+        assert metadata["loss_history"] == result.loss_history[:epoch]
+        assert metadata["seed"] == 3 and metadata["device"] and metadata["versions"]["torch"]
+    assert read_metadata(tmp_path)["epoch"] == 2
+    assert torch.load(tmp_path / "resume.pt", weights_only=True)["epoch"] == 2
+
+
+def test_an_existing_run_is_never_overwritten_without_resume(tmp_path):
+    train(tmp_path, replace(QUICK, epochs=1), TINY_CONFIG, images=synthetic_images(), device="cpu", progress=False)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    with pytest.raises(DDPMError, match="already holds a training run. Pass --resume"):
+        train(tmp_path, QUICK, TINY_CONFIG, images=synthetic_images(), device="cpu", progress=False)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    train(tmp_path, replace(QUICK, epochs=1), TINY_CONFIG, images=synthetic_images(), device="cpu", progress=False)
+    with pytest.raises(DDPMError, match=r"other settings \(lr: 0.0002 -> 0.001\)"):
+        train(tmp_path, replace(QUICK, lr=1e-3), TINY_CONFIG, resume=True, images=synthetic_images(), device="cpu")
+
+
+def test_resume_without_a_run_says_what_is_missing(tmp_path):
+    with pytest.raises(DDPMError, match="Nothing to resume .* resume.pt is missing"):
+        train(tmp_path, QUICK, TINY_CONFIG, resume=True, images=synthetic_images(), device="cpu")
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    images = synthetic_images()
+    train(tmp_path, replace(QUICK, epochs=1), TINY_CONFIG, images=images, device="cpu", progress=False)
+    good = (tmp_path / "model.safetensors").read_bytes()
+    poisoned = images.clone()
+    poisoned[:, :, 0, 0] = float("nan")
+    with pytest.raises(DDPMError, match=r"loss became nan at epoch 2, step 1\. The last good checkpoint .*epoch 1"):
+        train(tmp_path, QUICK, TINY_CONFIG, resume=True, images=poisoned, device="cpu", progress=False)
+    assert (tmp_path / "model.safetensors").read_bytes() == good
+    assert load_checkpoint(tmp_path).metadata["epoch"] == 1
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    train(tmp_path, replace(QUICK, epochs=1), TINY_CONFIG, images=synthetic_images(), device="cpu", progress=False)
+    loaded = load_checkpoint(tmp_path)
+
+    def half_written(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"\x00" * 100)
+        raise OSError("disk full")
+
+    monkeypatch.setattr("ddpm_core.checkpoint.save_file", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        save_weights(tmp_path / "model.safetensors", loaded.model, {"epoch": 99})
+    assert load_checkpoint(tmp_path).metadata["epoch"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@needs_mnist
+def test_a_killed_run_leaves_a_loadable_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "ddpm_core", "train", "--epochs", "1000", "--subset", "128",
+               "--batch-size", "64", "--out", str(out), "--no-progress", "--device", "cpu"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out / "epochs" / "epoch_003.safetensors").exists():
+            time.sleep(0.05)
+        assert (out / "epochs" / "epoch_003.safetensors").exists(), "training did not reach epoch 3 in time"
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    # The kill may fall between the epoch file and model.safetensors: the latter is then one epoch behind.
+    loaded = load_checkpoint(out)
+    assert loaded.metadata["epoch"] >= 2
+    state = torch.load(out / "resume.pt", weights_only=True)
+    assert state["epoch"] >= 2
