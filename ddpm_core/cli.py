@@ -1,4 +1,4 @@
-"""The command line: ``python -m ddpm_core {train,sample} ...``.
+"""The command line: ``python -m ddpm_core {train,sample,evaluate} ...``.
 
 Bad arguments and unusable inputs print one paragraph saying what was wrong
 and how to fix it, and exit with status 2.
@@ -35,6 +35,16 @@ def _decay(text: str) -> float:
     return value
 
 
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return value
+
+
 def _device(text: str) -> str:
     from ddpm_core.device import DEVICE_CHOICES
 
@@ -64,12 +74,48 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--num-samples", type=_positive_int, default=32, help="number of images (default 32)")
     samp.add_argument("--seed", type=int, default=0, help="sample i uses seed S+i (default 0)")
     samp.add_argument("--out", type=Path, required=True, help="output file: .png (a grid) or .npy (uint8 N x 28 x 28)")
+    samp.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (1000 steps) or ddim")
+    samp.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps, 1..T (default 50)")
+    samp.add_argument("--eta", type=_unit_interval, default=0.0, help="DDIM stochasticity, 0..1 (default 0)")
     samp.add_argument("--variance", choices=("beta", "posterior"), default="beta", help="sigma_t^2 (default beta)")
     samp.add_argument("--noise-scale", type=float, default=1.0, help="scale of the fresh noise (default 1.0)")
     samp.add_argument("--ema", action="store_true", help="use the EMA weights")
     samp.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
     samp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    evaluate = commands.add_parser("evaluate", help="sample from a checkpoint and print quality metrics")
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors or a training folder")
+    evaluate.add_argument("--num-samples", type=_positive_int, default=1000, help="number of samples (default 1000)")
+    evaluate.add_argument("--seed", type=int, default=0, help="sample i uses seed S+i (default 0)")
+    evaluate.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (1000 steps) or ddim")
+    evaluate.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
+    evaluate.add_argument("--eta", type=_unit_interval, default=0.0, help="DDIM stochasticity (default 0)")
+    evaluate.add_argument("--ema", action="store_true", help="use the EMA weights")
+    evaluate.add_argument("--classifier", type=Path, default=None, help="judge weights (default: the committed ones)")
+    evaluate.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ddpm_core.evaluation import evaluate_checkpoint
+    from ddpm_core.metrics import format_metrics_table
+
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        use_ema=args.ema,
+        device=args.device,
+        classifier_path=args.classifier,
+        progress=not args.no_progress,
+    )
+    print(format_metrics_table([result]))
+    print(f"sampling took {result['sampling_seconds']:.1f} s; Frechet distance against the first "
+          f"{result['num_real']} MNIST test images; NN: distance to the nearest of the 60,000 training images")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -96,6 +142,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     from ddpm_core.checkpoint import load_checkpoint
     from ddpm_core.data import to_uint8
+    from ddpm_core.ddim import ddim_sample
     from ddpm_core.device import resolve_device
     from ddpm_core.sampling import sample
     from ddpm_core.viz import save_grid
@@ -109,15 +156,19 @@ def _sample(args: argparse.Namespace) -> int:
     if args.noise_scale < 0:
         raise DDPMError(f"--noise-scale must be >= 0, got {args.noise_scale}.")
     loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), use_ema=args.ema)
-    images, _ = sample(
-        loaded.model,
-        loaded.schedule,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        variance=args.variance,
-        noise_scale=args.noise_scale,
-        progress=not args.no_progress,
-    )
+    if args.sampler == "ddim":
+        images, _ = ddim_sample(loaded.model, loaded.schedule, num_samples=args.num_samples, seed=args.seed,
+                                steps=args.steps, eta=args.eta, progress=not args.no_progress)
+    else:
+        images, _ = sample(
+            loaded.model,
+            loaded.schedule,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            variance=args.variance,
+            noise_scale=args.noise_scale,
+            progress=not args.no_progress,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
         np.save(args.out, to_uint8(images)[:, 0].numpy())
@@ -133,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         return _sample(args)
     except DDPMError as error:
         print(f"error: {error}", file=sys.stderr)

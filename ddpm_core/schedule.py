@@ -94,7 +94,8 @@ class NoiseSchedule:
         return coef_x0 * x0 + coef_xt * xt
 
     def predict_x0(self, xt: Tensor, t: Tensor | int, eps: Tensor) -> Tensor:
-        """Invert eq. (4) for x_0 given a noise estimate: x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
+        """Invert eq. (4) for x_0 given a noise estimate:
+        x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
         alpha_bar = self.at(self.alpha_bars, t, xt.ndim).to(xt)
         return (xt - (1.0 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
 

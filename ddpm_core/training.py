@@ -85,8 +85,8 @@ def _epoch_order(seed: int, epoch: int, n: int) -> Tensor:
 
 def train(
     out_dir: str | Path,
-    config: TrainConfig = TrainConfig(),
-    model_config: UNetConfig = UNetConfig(),
+    config: TrainConfig | None = None,
+    model_config: UNetConfig | None = None,
     resume: bool = False,
     device: str | torch.device = "auto",
     images: Tensor | None = None,
@@ -96,13 +96,15 @@ def train(
 
     Args:
         out_dir: folder for ``model.safetensors``, ``epochs/`` and ``resume.pt``.
-        config: the training settings.
-        model_config: the architecture.
+        config: the training settings (default: the reference run's).
+        model_config: the architecture (default: the 324,705-parameter UNet).
         resume: continue the run saved in ``out_dir`` up to ``config.epochs``.
         device: "auto" (CUDA, then MPS, then CPU) or a device name.
         images: training images in [-1, 1], shape (N, 1, 28, 28); default: MNIST's training set.
         progress: show a tqdm progress bar per epoch.
     """
+    config = config or TrainConfig()
+    model_config = model_config or UNetConfig()
     config.validate()
     out_dir = Path(out_dir)
     device = device if isinstance(device, torch.device) else resolve_device(device)

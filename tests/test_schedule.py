@@ -70,7 +70,8 @@ def test_iterating_the_chain_matches_the_closed_form():
 @pytest.mark.parametrize("t", [2, 10, 300, 999])
 def test_posterior_matches_bayes_rule_for_gaussians(schedule, t):
     # q(x_{t-1} | x_0) = N(sqrt(ab_{t-1}) x0, 1 - ab_{t-1}); q(x_t | x_{t-1}) = N(sqrt(a_t) x_{t-1}, b_t).
-    # Bayes: precision = 1/(1 - ab_{t-1}) + a_t/b_t, mean = var * (sqrt(ab_{t-1}) x0/(1 - ab_{t-1}) + sqrt(a_t) x_t/b_t).
+    # Bayes: precision = 1/(1 - ab_{t-1}) + a_t/b_t,
+    #        mean = var * (sqrt(ab_{t-1}) x0/(1 - ab_{t-1}) + sqrt(a_t) x_t/b_t).
     ab_prev = schedule.alpha_bars[t - 2].double().item()
     a_t = schedule.alphas[t - 1].double().item()
     b_t = schedule.betas[t - 1].double().item()
@@ -105,7 +106,10 @@ def test_predict_x0_inverts_q_sample(schedule):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"num_steps": 0}, "num_steps must be a positive integer"), ({"beta_start": 0.5, "beta_end": 0.1}, "beta_start <= beta_end")],
+    [
+        ({"num_steps": 0}, "num_steps must be a positive integer"),
+        ({"beta_start": 0.5, "beta_end": 0.1}, "beta_start <= beta_end"),
+    ],
 )
 def test_bad_schedule_arguments_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(DDPMError, match=message):
