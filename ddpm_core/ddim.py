@@ -1,0 +1,212 @@
+"""Fast sampling with DDIM: the same trained eps_theta, far fewer steps (Song, Meng and Ermon 2021).
+
+References:
+    Song, Meng and Ermon (2021), "Denoising Diffusion Implicit Models",
+    https://arxiv.org/abs/2010.02502 (equations numbered as in the paper).
+    Ho, Jain and Abbeel (2020), "Denoising Diffusion Probabilistic Models",
+    https://arxiv.org/abs/2006.11239.
+
+The paper writes alpha_t for what this package calls alpha_bar_t (the
+cumulative product); the code below uses this package's names. One step from
+timestep t down to an earlier timestep t_prev (eq. (12), with tau_i = t and
+tau_{i-1} = t_prev):
+
+    x0_pred  = (x_t - sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) / sqrt(alpha_bar_t)
+    x_t_prev = sqrt(alpha_bar_t_prev) x0_pred
+               + sqrt(1 - alpha_bar_t_prev - sigma^2) eps_theta(x_t, t)
+               + sigma z,                                         z ~ N(0, I)
+
+    sigma    = eta sqrt((1 - alpha_bar_t_prev) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_t_prev)   eq. (16)
+
+with alpha_bar_0 = 1, so the last step lands exactly on x0_pred. eta = 0 is
+the deterministic DDIM sampler; eta = 1 with every timestep visited is the
+ancestral sampler of Ho et al. 2020 with sigma_t^2 = beta_tilde_t, the
+posterior variance.
+
+Timestep subsequence: ``steps = S`` visits tau_S > ... > tau_1 with
+tau_i = floor(1 + (i - 1) (T - 1) / (S - 1) + 1/2), that is ``torch.linspace(1, T, S)``
+rounded to the nearest integer (halves up), so tau_S = T and tau_1 = 1 always
+(S = 1 visits T only). Consecutive values differ by (T - 1) / (S - 1) >= 1 before rounding,
+so the S timesteps are distinct, and S = T visits every timestep.
+
+Seeds work as in ``ddpm_core.sampling.sample``: every sample has its own
+``torch.Generator``, whose first draw is x_T (the same x_T that ``sample``
+starts from for that seed) and whose later draws are the fresh z, so a sample
+does not depend on its batch and the two samplers can be compared seed by seed.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ddpm_core.errors import DDPMError
+from ddpm_core.sampling import Trajectory, _capture_set, _noise, _seed_list
+from ddpm_core.schedule import NoiseSchedule
+from ddpm_core.unet import UNet
+
+
+def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
+    """The visited timesteps tau_S > ... > tau_1, largest first: ``linspace(1, T, S)`` rounded, T and 1 included.
+
+    Args:
+        num_steps: T, the length of the schedule.
+        steps: S, how many network evaluations, 1..T.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= num_steps:
+        raise DDPMError(
+            f"steps must be an integer from 1 to the schedule's T={num_steps} (the number of network "
+            f"evaluations; DDIM visits a subsequence of the T timesteps), got {steps!r}. Use e.g. steps=50, "
+            f"or steps={num_steps} to visit every timestep."
+        )
+    steps = int(steps)
+    if steps == 1:
+        return [num_steps]
+    # floor(x + 1/2) rounds halves up (torch.round would round them to even); float64 keeps x exact enough
+    # that values which should be integers stay integers.
+    taus = torch.floor(torch.linspace(1, num_steps, steps, dtype=torch.float64) + 0.5).long()
+    return taus.flip(0).tolist()
+
+
+def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
+    # In float64 from the betas: 1 - alpha_bar_t near t = 1 keeps only 3 digits from float32 alpha_bars.
+    # The empty product at t = 0 gives alpha_bar_0 = 1: x_0 carries no noise.
+    return torch.prod(1.0 - schedule.betas[:t].double()).item()
+
+
+def ddim_sigma(schedule: NoiseSchedule, t: int, t_prev: int, eta: float) -> float:
+    """sigma for the step t -> t_prev, Song et al. 2021, eq. (16), scaled by eta."""
+    alpha_bar, alpha_bar_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
+    # Song et al. 2021, eq. (16)
+    return eta * ((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev)) ** 0.5
+
+
+def ddim_step(
+    schedule: NoiseSchedule,
+    xt: Tensor,
+    eps_pred: Tensor,
+    t: int,
+    t_prev: int,
+    eta: float = 0.0,
+    noise: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One DDIM update x_t -> x_{t_prev}, Song et al. 2021, eq. (12).
+
+    Args:
+        schedule: the schedule the model was trained with.
+        xt: the batch x_t, (B, C, H, W).
+        eps_pred: eps_theta(x_t, t) for that batch.
+        t: the current timestep, 1..T.
+        t_prev: the timestep to step to, 0..t-1.
+        eta: scales sigma of eq. (16); 0 is deterministic, 1 is DDPM-like.
+        noise: z ~ N(0, I) shaped like ``xt``; needed whenever sigma > 0, ignored otherwise.
+
+    Returns:
+        x_{t_prev} and the predicted x_0.
+    """
+    if not 0 <= t_prev < t <= schedule.num_steps:
+        raise DDPMError(f"A DDIM step needs 0 <= t_prev < t <= {schedule.num_steps}, got t={t}, t_prev={t_prev}.")
+    alpha_bar_prev = _alpha_bar(schedule, t_prev)
+    sigma = ddim_sigma(schedule, t, t_prev, eta)
+    x0_pred = schedule.predict_x0(xt, t, eps_pred)  # Song et al. 2021, eq. (12), "predicted x_0"
+    # Clamped at 0: for eta = 1 the radicand is >= 0 exactly but can round to -1e-9.
+    direction = max(1.0 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps_pred  # "direction pointing to x_t"
+    x_prev = alpha_bar_prev**0.5 * x0_pred + direction  # Song et al. 2021, eq. (12)
+    if sigma > 0:
+        if noise is None:
+            raise DDPMError(
+                f"The DDIM step t={t} -> {t_prev} with eta={eta} has sigma={sigma:.3g} > 0 and needs noise z; "
+                f"pass noise=torch.randn_like(xt), or eta=0 for the deterministic sampler."
+            )
+        x_prev = x_prev + sigma * noise  # "random noise"
+    return x_prev, x0_pred
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: UNet,
+    schedule: NoiseSchedule,
+    num_samples: int | None = None,
+    seed: int = 0,
+    seeds: Sequence[int] | None = None,
+    steps: int = 50,
+    eta: float = 0.0,
+    capture: Iterable[int] | None = None,
+    progress: bool = True,
+    batch_size: int = 256,
+) -> tuple[Tensor, Trajectory | None]:
+    """Generate images with DDIM in ``steps`` network evaluations.
+
+    Args:
+        model: a trained eps_theta; it is put in eval mode and used on its own device.
+        schedule: the schedule the model was trained with.
+        num_samples: how many images; sample i uses seed ``seed + i``.
+        seed: the first seed (when ``seeds`` is not given).
+        seeds: one seed per sample, overriding ``num_samples`` and ``seed``.
+        steps: S, the number of timesteps visited, 1..T (see ``ddim_timesteps`` for which).
+        eta: 0..1, scales sigma of eq. (16): 0 is deterministic given x_T, 1 adds the most noise.
+        capture: timesteps at which to record x_t and the predicted x_0. Only timesteps the sampler
+            visits, ``ddim_timesteps(T, steps)``, and 0 (the finished sample) exist in a DDIM run;
+            any other raises DDPMError.
+        progress: show a tqdm progress bar over the steps.
+        batch_size: samples denoised together; the result does not depend on it.
+
+    Returns:
+        The samples x_0, (N, C, H, W), not clipped, and the trajectory (None if nothing captured).
+    """
+    taus = ddim_timesteps(schedule.num_steps, steps)
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
+        raise DDPMError(
+            f"eta must be a number from 0 to 1 (0: deterministic DDIM, 1: as much noise as the ancestral "
+            f"sampler), got {eta!r}."
+        )
+    if batch_size < 1:
+        raise DDPMError(f"batch_size must be a positive integer, got {batch_size}.")
+    seed_list = _seed_list(num_samples, seed, seeds)
+    captured = _capture_set(capture, schedule.num_steps)
+    missed = [t for t in captured if t != 0 and t not in taus]
+    if missed:
+        raise DDPMError(
+            f"DDIM with steps={steps} never visits timesteps {missed[:5]}, so they cannot be captured. "
+            f"Capture only visited timesteps (ddim_timesteps({schedule.num_steps}, {steps}) = "
+            f"{taus[:5]}...{taus[-3:]}) or 0, or use the ancestral sampler to capture any timestep."
+        )
+    model.eval()
+    device = next(model.parameters()).device
+    shape = (model.config.image_channels, 28, 28)
+
+    outputs, xt_frames, x0_frames = [], [], []
+    num_batches = -(-len(seed_list) // batch_size)
+    bar = tqdm(total=len(taus) * num_batches, desc="DDIM sampling", unit="step", disable=not progress, leave=False)
+    for start in range(0, len(seed_list), batch_size):
+        batch_seeds = seed_list[start : start + batch_size]
+        generators = [torch.Generator().manual_seed(s) for s in batch_seeds]
+        x = _noise(generators, shape).to(device)  # x_T ~ N(0, I), the first draw as in sample()
+        snapshots_xt, snapshots_x0 = {}, {}
+        for t, t_prev in zip(taus, taus[1:] + [0], strict=True):
+            t_batch = torch.full((len(batch_seeds),), t, device=device, dtype=torch.long)
+            eps_pred = model(x, t_batch)
+            # Fresh z only when sigma > 0, so eta = 0 draws nothing after x_T.
+            noise = _noise(generators, shape).to(device) if ddim_sigma(schedule, t, t_prev, eta) > 0 else None
+            x_prev, x0_pred = ddim_step(schedule, x, eps_pred, t, t_prev, eta, noise)
+            if t in captured:
+                snapshots_xt[t] = x.cpu()
+                snapshots_x0[t] = x0_pred.cpu()
+            x = x_prev
+            bar.update()
+        if 0 in captured:
+            snapshots_xt[0] = x.cpu()
+            snapshots_x0[0] = x.cpu()
+        outputs.append(x.cpu())
+        if captured:
+            xt_frames.append(torch.stack([snapshots_xt[t] for t in captured]))
+            x0_frames.append(torch.stack([snapshots_x0[t] for t in captured]))
+    bar.close()
+    samples = torch.cat(outputs)
+    if not captured:
+        return samples, None
+    return samples, Trajectory(timesteps=captured, xt=torch.cat(xt_frames, dim=1), x0_pred=torch.cat(x0_frames, dim=1))
