@@ -166,7 +166,9 @@ def load_checkpoint(
     model = UNet(config)
     _load_state_strict(model, state, path)
     schedule = NoiseSchedule(**metadata.get("schedule", {}))
-    model.to(device).eval()
+    # Channels-last activations are measurably faster for these small convolutions on the CPU.
+    memory_format = torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format).eval()
     return LoadedModel(model=model, schedule=schedule, metadata=metadata, path=path)
 
 

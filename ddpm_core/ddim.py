@@ -137,7 +137,7 @@ def ddim_sample(
     eta: float = 0.0,
     capture: Iterable[int] | None = None,
     progress: bool = True,
-    batch_size: int = 256,
+    batch_size: int = 64,
 ) -> tuple[Tensor, Trajectory | None]:
     """Generate images with DDIM in ``steps`` network evaluations.
 

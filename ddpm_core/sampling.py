@@ -81,7 +81,7 @@ def sample(
     noise_scale: float = 1.0,
     capture: Iterable[int] | None = None,
     progress: bool = True,
-    batch_size: int = 256,
+    batch_size: int = 64,
 ) -> tuple[Tensor, Trajectory | None]:
     """Generate images with the full T-step ancestral sampler.
 
