@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ddpm_core.cli import main
@@ -54,3 +55,42 @@ def test_a_missing_checkpoint_exits_with_status_2(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
     assert "No checkpoint at" in err and "Traceback" not in err
+
+
+@needs_mnist
+def test_evaluate_prints_the_metrics_table_for_a_tiny_run(tmp_path, capsys):
+    from ddpm_core import TrainConfig, train
+    from tests.helpers import TINY_CONFIG
+
+    images = torch.rand(64, 1, 28, 28) * 2 - 1
+    train(tmp_path, TrainConfig(epochs=1, batch_size=32, num_steps=20), TINY_CONFIG, images=images, device="cpu",
+          progress=False)
+    assert main(["evaluate", "--checkpoint", str(tmp_path), "--num-samples", "6", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    header, _, row = out.splitlines()[:3]
+    for column in ("samples", "Frechet dist.", "confident", "IS", "class max/min", "NN median"):
+        assert column in header
+    assert row.startswith("DDPM-1000") and " 6 " in row
+    assert main(["evaluate", "--checkpoint", str(tmp_path), "--num-samples", "4", "--sampler", "ddim",
+                 "--steps", "5", "--no-progress"]) == 0
+    assert "DDIM-5 eta=0" in capsys.readouterr().out
+
+
+def test_ddim_sampling_from_the_command_line_writes_an_array(tmp_path):
+    from ddpm_core import TrainConfig, train
+    from tests.helpers import TINY_CONFIG
+
+    images = torch.rand(32, 1, 28, 28) * 2 - 1
+    train(tmp_path, TrainConfig(epochs=1, batch_size=32, num_steps=20), TINY_CONFIG, images=images, device="cpu",
+          progress=False)
+    out = tmp_path / "ddim.npy"
+    assert main(["sample", "--checkpoint", str(tmp_path), "--sampler", "ddim", "--steps", "4", "--eta", "0",
+                 "--num-samples", "2", "--out", str(out), "--no-progress"]) == 0
+    assert np.load(out).shape == (2, 28, 28)
+
+
+def test_eta_outside_zero_one_exits_with_status_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["sample", "--checkpoint", "x", "--out", "a.png", "--sampler", "ddim", "--eta", "1.5"])
+    assert info.value.code == 2
+    assert "expected a number between 0 and 1, got 1.5" in capsys.readouterr().err

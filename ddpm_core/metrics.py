@@ -1,0 +1,301 @@
+"""Measuring generated digits with the MNIST classifier of ``classifier.py`` as the judge.
+
+    frechet_distance     the Frechet distance between real and generated features (Heusel et al. 2017),
+                         with the classifier's 128-d penultimate layer in place of Inception-v3
+    classifier_scores    confident fraction, class histogram and the Inception Score (Salimans et al. 2016)
+    nearest_neighbours   pixel-space nearest training images, to look for memorisation
+    lock_in_timesteps    at which timestep of the reverse process a sample's digit is decided
+    evaluate_samples     all of the above for one set of samples; format_metrics_table prints them
+    corrupt              blurred or noised copies of real images, to calibrate the numbers
+
+The Frechet distance here lives in the classifier's feature space, so its
+values are comparable with each other (same classifier, same sample count) but
+not with the Inception FIDs that papers report. Like FID it is biased upwards
+at small sample counts (Chong & Forsyth 2020): compare only numbers measured
+on equally many images.
+
+Images are (N, 1, 28, 28) floats in [-1, 1] throughout, the data range of ``data.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddpm_core.classifier import NUM_CLASSES, MNISTClassifier, predict_logits
+from ddpm_core.errors import DDPMError
+from ddpm_core.sampling import Trajectory
+
+CORRUPTIONS = ("blur", "noise")
+
+
+def _check_images(images: Tensor, name: str, minimum: int = 1) -> None:
+    if images.dim() != 4 or tuple(images.shape[1:]) != (1, 28, 28):
+        raise DDPMError(f"{name} must have shape (N, 1, 28, 28), got {tuple(images.shape)}.")
+    if len(images) < minimum:
+        raise DDPMError(f"{name} must hold at least {minimum} images, got {len(images)}.")
+
+
+class ClassifierFeatures(nn.Module):
+    """The classifier's penultimate layer as a torchmetrics feature extractor: (B, 1, 28, 28) -> (B, 128)."""
+
+    def __init__(self, classifier: MNISTClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier.eval()
+        # torchmetrics reads the feature width from this attribute instead of probing with a dummy image.
+        self.num_features = classifier.num_features
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier.features(x.to(next(self.classifier.parameters()).device)).cpu()
+
+
+def frechet_distance(
+    real_images: Tensor, fake_images: Tensor, classifier: MNISTClassifier, batch_size: int = 1000
+) -> float:
+    """The Frechet distance between Gaussians fitted to the classifier features of two image sets.
+
+    d^2 = ||mu_r - mu_f||^2 + Tr(Sigma_r + Sigma_f - 2 (Sigma_r Sigma_f)^(1/2)), the closed form of
+    Dowson & Landau 1982 used by FID (Heusel et al. 2017). torchmetrics' ``FrechetInceptionDistance``
+    computes it with ``classifier.features`` as its custom feature extractor; it accumulates the
+    statistics in float64 and takes the trace of the square root from the eigenvalues of
+    Sigma_r Sigma_f, so no hand-written matrix square root is needed.
+
+    Args:
+        real_images, fake_images: (N, 1, 28, 28) in [-1, 1], at least 2 images each.
+        classifier: the judge, e.g. ``load_classifier()``.
+        batch_size: images per forward pass.
+    """
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except ImportError:
+        raise DDPMError(
+            "frechet_distance needs torchmetrics. Install the book's extras with `pip install -e .[book]` "
+            "(or `pip install torchmetrics`)."
+        ) from None
+    _check_images(real_images, "real_images", minimum=2)
+    _check_images(fake_images, "fake_images", minimum=2)
+    # normalize only affects torchmetrics' own Inception network; a custom extractor gets the images as given.
+    metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), normalize=True)
+    for images, real in ((real_images, True), (fake_images, False)):
+        for start in range(0, len(images), batch_size):
+            metric.update(images[start : start + batch_size], real=real)
+    return float(metric.compute())
+
+
+def inception_score(probabilities: Tensor) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) with p(y) the mean of p(y|x) over the set (Salimans et al. 2016, sec. 4).
+
+    It lies between 1 (every image gets the same class distribution) and the number of classes
+    (confident predictions spread evenly over all classes).
+    """
+    p_y = probabilities.mean(dim=0, keepdim=True)
+    kl = (torch.xlogy(probabilities, probabilities) - torch.xlogy(probabilities, p_y)).sum(dim=1)
+    return math.exp(kl.mean().item())
+
+
+def classifier_scores(
+    images: Tensor, classifier: MNISTClassifier, confidence: float = 0.9, batch_size: int = 1000
+) -> dict[str, Any]:
+    """What the classifier makes of a set of images.
+
+    Returns a dict with
+        num_images          N
+        labels              (N,) predicted digits
+        confident_fraction  share of images whose top class probability is >= ``confidence``
+        class_counts        list of 10 counts, how many images were predicted as each digit
+        class_ratio         most / least frequent digit (inf if a digit never appears); 1.0 is perfectly even
+        inception_score     see ``inception_score``; at most 10
+    """
+    _check_images(images, "images")
+    probabilities = predict_logits(classifier, images, batch_size).double().softmax(dim=1)
+    top, labels = probabilities.max(dim=1)
+    counts = torch.bincount(labels, minlength=NUM_CLASSES)
+    least = counts.min().item()
+    return {
+        "num_images": len(images),
+        "labels": labels,
+        "confident_fraction": (top >= confidence).double().mean().item(),
+        "class_counts": counts.tolist(),
+        "class_ratio": counts.max().item() / least if least > 0 else math.inf,
+        "inception_score": inception_score(probabilities),
+    }
+
+
+@torch.no_grad()
+def nearest_neighbours(queries: Tensor, reference: Tensor, batch_size: int = 250) -> tuple[Tensor, Tensor]:
+    """The pixel-space L2 distance from each query to its nearest reference image, and that image's index.
+
+    Distances are measured on the [-1, 1] scale of the data (divide by 2 for the [0, 1] scale); two
+    MNIST images differ by at most sqrt(784) * 2 = 56. ``torch.cdist`` finds the neighbour with a
+    matrix product (fast, but off by about 1e-3 for near-identical images), and the distance to the
+    neighbour it found is then recomputed directly, so an image in ``reference`` is at distance 0.
+
+    Args:
+        queries: (N, 1, 28, 28), e.g. generated samples.
+        reference: (M, 1, 28, 28), e.g. the 60,000 training images.
+        batch_size: queries compared at once; memory grows as batch_size * M.
+
+    Returns:
+        distances (N,) and indices (N,) into ``reference``.
+    """
+    _check_images(queries, "queries")
+    _check_images(reference, "reference")
+    reference_flat = reference.flatten(1).float()
+    distances, indices = [], []
+    for start in range(0, len(queries), batch_size):
+        query_flat = queries[start : start + batch_size].flatten(1).float()
+        index = torch.cdist(query_flat, reference_flat).argmin(dim=1)
+        distances.append((query_flat - reference_flat[index]).norm(dim=1))
+        indices.append(index)
+    return torch.cat(distances), torch.cat(indices)
+
+
+def lock_in_timesteps(trajectory: Trajectory, classifier: MNISTClassifier) -> tuple[Tensor, Tensor]:
+    """When does the reverse process decide which digit a sample becomes?
+
+    The classifier reads the predicted clean image x0_pred at every captured timestep. The final
+    label is the one at the smallest captured timestep (t = 0 if captured: the finished sample).
+
+    Returns:
+        agreement (K,): for each captured timestep (largest first, as ``trajectory.timesteps``), the
+            fraction of samples whose label there already equals their final label.
+        lock_in_t (N,): for each sample, the largest captured t from which on, all the way down, its
+            label equals the final label. Its resolution is that of the captured timesteps.
+    """
+    x0_pred = trajectory.x0_pred
+    if x0_pred.dim() != 5 or len(x0_pred) != len(trajectory.timesteps):
+        raise DDPMError(
+            f"trajectory.x0_pred must have shape (K, N, 1, 28, 28) with K = {len(trajectory.timesteps)} "
+            f"captured timesteps, got {tuple(x0_pred.shape)}."
+        )
+    num_steps, num_samples = x0_pred.shape[:2]
+    logits = predict_logits(classifier, x0_pred.flatten(0, 1))
+    labels = logits.argmax(dim=1).view(num_steps, num_samples)  # (K, N)
+    agrees = labels == labels[-1]
+    agreement = agrees.double().mean(dim=1)
+    # stable[k, n]: sample n agrees with its final label at step k and at every later (smaller-t) step.
+    stable = agrees.flip(0).long().cumprod(dim=0).flip(0).bool()
+    first_stable = stable.long().argmax(dim=0)  # the first True; stable[-1] is always True
+    lock_in_t = torch.tensor(trajectory.timesteps, dtype=torch.long)[first_stable]
+    return agreement, lock_in_t
+
+
+def evaluate_samples(
+    samples: Tensor,
+    real_images: Tensor,
+    real_train_images: Tensor,
+    classifier: MNISTClassifier,
+    batch_size: int = 1000,
+) -> dict[str, Any]:
+    """Every metric of this module for one set of samples.
+
+    The first ``len(samples)`` of ``real_images`` (held-out test images; all of them if fewer) are
+    the reference for the Frechet distance and for memorisation: a model that copies its training
+    set puts its samples much closer to training images than unseen test digits are.
+
+    Args:
+        samples: generated images, (N, 1, 28, 28) in [-1, 1] (clipped here).
+        real_images: held-out real images, e.g. MNIST's test set.
+        real_train_images: the images the model was trained on, e.g. MNIST's training set.
+        classifier: the judge.
+
+    Returns:
+        num_samples, num_real, frechet_distance, confident_fraction, inception_score, class_ratio,
+        class_counts, train_nn_median, train_nn_min (nearest-training-image distances of the samples)
+        and real_train_nn_median, real_train_nn_min (the same for the real held-out images).
+    """
+    _check_images(samples, "samples", minimum=2)
+    _check_images(real_images, "real_images", minimum=2)
+    samples = samples.clamp(-1.0, 1.0)
+    real = real_images[: len(samples)]
+    scores = classifier_scores(samples, classifier, batch_size=batch_size)
+    sample_nn, _ = nearest_neighbours(samples, real_train_images)
+    real_nn, _ = nearest_neighbours(real, real_train_images)
+    return {
+        "num_samples": len(samples),
+        "num_real": len(real),
+        "frechet_distance": frechet_distance(real, samples, classifier, batch_size),
+        "confident_fraction": scores["confident_fraction"],
+        "inception_score": scores["inception_score"],
+        "class_ratio": scores["class_ratio"],
+        "class_counts": scores["class_counts"],
+        "train_nn_median": sample_nn.median().item(),
+        "train_nn_min": sample_nn.min().item(),
+        "real_train_nn_median": real_nn.median().item(),
+        "real_train_nn_min": real_nn.min().item(),
+    }
+
+
+TABLE_COLUMNS = (
+    ("samples", "num_samples", "{:d}"),
+    ("Frechet dist.", "frechet_distance", "{:.2f}"),
+    ("confident", "confident_fraction", "{:.3f}"),
+    ("IS", "inception_score", "{:.2f}"),
+    ("class max/min", "class_ratio", "{:.2f}"),
+    ("NN median", "train_nn_median", "{:.2f}"),
+    ("NN min", "train_nn_min", "{:.2f}"),
+    ("test NN median", "real_train_nn_median", "{:.2f}"),
+)
+
+
+def format_metrics_table(rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
+    """A plain-text table of ``evaluate_samples`` results, one row per set of samples.
+
+    ``rows`` is one result, a list of results (named by their "name" entry, else numbered), or a
+    dict from row name to result. Missing metrics print as "-". NN columns are nearest-training-image
+    distances in pixel space ([-1, 1] scale); "test NN median" is the same for real held-out images.
+    """
+    if isinstance(rows, Mapping) and rows and all(isinstance(v, Mapping) for v in rows.values()):
+        named = [(str(name), row) for name, row in rows.items()]
+    elif isinstance(rows, Mapping):
+        named = [(str(rows.get("name", "samples")), rows)]
+    else:
+        named = [(str(row.get("name", i + 1)), row) for i, row in enumerate(rows)]
+    header = ["", *(title for title, _, _ in TABLE_COLUMNS)]
+    body = [
+        [name, *(fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in TABLE_COLUMNS)]
+        for name, row in named
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def render(line: list[str]) -> str:
+        cells = zip(line, widths, strict=True)
+        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(cells))
+
+    return "\n".join([render(header), "  ".join("-" * w for w in widths), *(render(line) for line in body)])
+
+
+def corrupt(images: Tensor, kind: str, strength: float, seed: int = 0) -> Tensor:
+    """A damaged copy of ``images``, to see how far the metrics move for a known amount of damage.
+
+    Args:
+        images: (N, 1, 28, 28) in [-1, 1].
+        kind: "blur" (Gaussian blur, ``strength`` = its standard deviation in pixels) or
+            "noise" (additive Gaussian noise with standard deviation ``strength``, clipped to [-1, 1]).
+        strength: 0 returns an unchanged copy.
+        seed: seeds the noise.
+    """
+    _check_images(images, "images")
+    if kind not in CORRUPTIONS:
+        raise DDPMError(f"kind must be one of {CORRUPTIONS}, got {kind!r}.")
+    if strength < 0:
+        raise DDPMError(f"strength must be at least 0, got {strength}.")
+    if strength == 0:
+        return images.clone()
+    if kind == "noise":
+        noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+        return (images + strength * noise.to(images.device)).clamp(-1.0, 1.0)
+    radius = math.ceil(3 * strength)  # the kernel covers +-3 standard deviations
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-0.5 * (offsets / strength) ** 2)
+    kernel = kernel / kernel.sum()
+    # Separable blur, rows then columns; padding with the background value -1 keeps the borders dark.
+    x = F.pad(images, (radius, radius, radius, radius), value=-1.0)
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))  # (N, 1, 28 + 2r, 28 + 2r) -> (N, 1, 28 + 2r, 28)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1))  # -> (N, 1, 28, 28)
