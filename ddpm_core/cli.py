@@ -130,6 +130,9 @@ def _train(args: argparse.Namespace) -> int:
         subset=args.subset,
     )
     result = train(args.out, config, resume=args.resume, device=args.device, progress=not args.no_progress)
+    if args.no_progress:  # the bar's per-epoch lines were off: list the epochs here
+        for epoch, loss in enumerate(result.loss_history, start=1):
+            print(f"epoch {epoch}/{config.epochs}: mean loss {loss:.4f}")
     losses = ", ".join(f"{loss:.4f}" for loss in result.loss_history)
     print(f"trained {len(result.loss_history)} epochs on {result.device} in {result.wall_time_s:.0f} s")
     print(f"epoch mean losses: {losses}")

@@ -101,7 +101,7 @@ def train(
         resume: continue the run saved in ``out_dir`` up to ``config.epochs``.
         device: "auto" (CUDA, then MPS, then CPU) or a device name.
         images: training images in [-1, 1], shape (N, 1, 28, 28); default: MNIST's training set.
-        progress: show a tqdm progress bar per epoch.
+        progress: show a tqdm progress bar per epoch and print each epoch's mean loss.
     """
     config = config or TrainConfig()
     model_config = model_config or UNetConfig()
@@ -205,10 +205,11 @@ def train(
         result.loss_history.append(total / seen)
         result.wall_time_s += time.perf_counter() - started
         _save_epoch(out_dir, epoch, model, ema_state, optimizer, generator, config, result)
-        tqdm.write(
-            f"epoch {epoch}/{config.epochs}: mean loss {result.loss_history[-1]:.4f} "
-            f"({result.wall_time_s:.0f} s so far)"
-        )
+        if progress:
+            tqdm.write(
+                f"epoch {epoch}/{config.epochs}: mean loss {result.loss_history[-1]:.4f} "
+                f"({result.wall_time_s:.0f} s so far)"
+            )
     return result
 
 
