@@ -16,7 +16,7 @@ Retrain with
 
     python -m ddpm_core.classifier --out book/checkpoints/mnist_classifier.safetensors --epochs 6
 
-(about ten minutes on two CPU cores).
+(about five minutes on two otherwise idle CPU cores).
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ at small sample counts (Chong & Forsyth 2020): compare only numbers measured
 on equally many images.
 
 Images are (N, 1, 28, 28) floats in [-1, 1] throughout, the data range of ``data.py``.
+
+MNIST's test set is ordered: its first 5,000 digits are cleaner and easier
+than its last 5,000 (LeCun et al., the MNIST database page), and the two halves
+are measurably apart in feature space, so a reference set must be a random
+subset of the test set, never its first N images.
 """
 
 from __future__ import annotations
@@ -186,24 +191,35 @@ def lock_in_timesteps(trajectory: Trajectory, classifier: MNISTClassifier) -> tu
     return agreement, lock_in_t
 
 
+def random_subset(images: Tensor, n: int, seed: int = 0) -> Tensor:
+    """``n`` of ``images`` chosen at random without replacement (in their original order); all if fewer."""
+    if len(images) <= n:
+        return images
+    index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[index.sort().values]
+
+
 def evaluate_samples(
     samples: Tensor,
     real_images: Tensor,
     real_train_images: Tensor,
     classifier: MNISTClassifier,
     batch_size: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Every metric of this module for one set of samples.
 
-    The first ``len(samples)`` of ``real_images`` (held-out test images; all of them if fewer) are
-    the reference for the Frechet distance and for memorisation: a model that copies its training
-    set puts its samples much closer to training images than unseen test digits are.
+    A fixed random subset of ``len(samples)`` of the ``real_images`` (held-out test images; all of
+    them if fewer) is the reference for the Frechet distance and for memorisation: a model that
+    copies its training set puts its samples much closer to training images than unseen test
+    digits are. The subset is random, not the first N, because MNIST's test set is ordered.
 
     Args:
         samples: generated images, (N, 1, 28, 28) in [-1, 1] (clipped here).
         real_images: held-out real images, e.g. MNIST's test set.
         real_train_images: the images the model was trained on, e.g. MNIST's training set.
         classifier: the judge.
+        seed: chooses the subset of ``real_images``.
 
     Returns:
         num_samples, num_real, frechet_distance, confident_fraction, inception_score, class_ratio,
@@ -213,7 +229,7 @@ def evaluate_samples(
     _check_images(samples, "samples", minimum=2)
     _check_images(real_images, "real_images", minimum=2)
     samples = samples.clamp(-1.0, 1.0)
-    real = real_images[: len(samples)]
+    real = random_subset(real_images, len(samples), seed)
     scores = classifier_scores(samples, classifier, batch_size=batch_size)
     sample_nn, _ = nearest_neighbours(samples, real_train_images)
     real_nn, _ = nearest_neighbours(real, real_train_images)
