@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from benchmarks._common import positive_int, print_table
 from ddpm_core.checkpoint import load_checkpoint
 from ddpm_core.ddim import ddim_sample
 from ddpm_core.device import device_description, resolve_device
@@ -76,21 +77,6 @@ def diffusers_sample(model: UNet, scheduler, seeds: list[int]) -> Tensor:
         eps_pred = model(x, t_batch)
         x = scheduler.step(eps_pred, k, x, generator=generators).prev_sample
     return x.cpu()
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True))))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def parse_args() -> argparse.Namespace:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks._common import positive_int, print_table
 from ddpm_core.device import device_description, resolve_device
 from ddpm_core.errors import DDPMError
 from ddpm_core.schedule import NoiseSchedule
@@ -163,21 +164,6 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ..
         for _ in range(repeats):
             best = max(best, 2 * n**3 / seconds_per_call(lambda a=a, b=b: a @ b, calls, device) / 1e9)
     return best
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True))))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def parse_args() -> argparse.Namespace:

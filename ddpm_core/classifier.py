@@ -37,7 +37,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ddpm_core.checkpoint import _atomic_write, library_versions
+from ddpm_core.checkpoint import atomic_write, library_versions
 from ddpm_core.data import load_mnist
 from ddpm_core.device import device_description
 from ddpm_core.errors import DDPMError
@@ -209,7 +209,7 @@ def train_classifier(
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(Path(out_path), lambda tmp: save_file(tensors, tmp, metadata={"ddpm_core": json.dumps(metadata)}))
+    atomic_write(Path(out_path), lambda tmp: save_file(tensors, tmp, metadata={"ddpm_core": json.dumps(metadata)}))
     return metadata
 
 

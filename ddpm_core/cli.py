@@ -25,24 +25,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _decay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1 (e.g. 0.999), got {value}")
-    return value
+def _fraction(strict: bool):
+    """An argparse type for a number in [0, 1], or in (0, 1) when ``strict``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+        if strict and not 0.0 < value < 1.0:
+            raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1 (e.g. 0.999), got {value}")
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+        return value
+
+    return parse
 
 
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
-    return value
+_decay = _fraction(strict=True)
+_unit_interval = _fraction(strict=False)
 
 
 def _device(text: str) -> str:
