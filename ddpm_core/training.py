@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ddpm_core.checkpoint import library_versions, save_resume_state, save_weights
 from ddpm_core.data import load_mnist
-from ddpm_core.device import device_description, resolve_device
+from ddpm_core.device import device_description, keep_freed_memory, resolve_device
 from ddpm_core.errors import DDPMError
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.unet import UNet, UNetConfig
@@ -108,6 +108,8 @@ def train(
     config.validate()
     out_dir = Path(out_dir)
     device = device if isinstance(device, torch.device) else resolve_device(device)
+    if device.type == "cpu":
+        keep_freed_memory()  # no page fault per freed activation; see ddpm_core.device
     weights_path, resume_path = out_dir / WEIGHTS_FILE, out_dir / RESUME_FILE
     if not resume and (weights_path.exists() or resume_path.exists()):
         raise DDPMError(

@@ -83,9 +83,11 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor, time_emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_in, H, W) -> (B, C_out, H, W)
-        h = h + self.time_proj(time_emb)[:, :, None, None]  # one shift per channel, from t
+        # In-place sums save a tensor allocation each; safe for autograd, which needs no conv output.
+        h += self.time_proj(time_emb)[:, :, None, None]  # one shift per channel, from t
         h = self.conv2(F.silu(self.norm2(h)))
-        return h + self.skip(x)
+        h += self.skip(x)
+        return h
 
 
 class Downsample(nn.Module):
