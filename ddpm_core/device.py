@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
 
 import torch
 
@@ -47,8 +48,6 @@ def device_description(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return "Apple MPS"
-    import platform
-
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -87,10 +86,10 @@ def keep_freed_memory() -> bool:
     _malloc_tuned = False
     if os.environ.get("DDPM_KEEP_FREED_MEMORY", "1") == "0":
         return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # present only in glibc
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
