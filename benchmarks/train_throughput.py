@@ -6,7 +6,9 @@ pool of random batches already on the device, so data loading is not timed, and 
 read-out of the training loop, so a GPU is not synchronised after every step.
 
 The table has one row per variant: memory format (NCHW or channels_last), precision (fp32 or bf16
-autocast) and the number of CPU threads. The model's FLOPs per step are counted with
+autocast), the number of CPU threads and, on the CPU, whether freed memory is kept for reuse (as
+``train`` does, see ``ddpm_core.device.keep_freed_memory``) or returned to the kernel as glibc does
+by default. The model's FLOPs per step are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` (forward and backward; convolutions and matrix
 products only, so GroupNorm, SiLU and the Adam update are not in the count), which turns images/s
 into GFLOP/s; a square matrix product of the same dtype, timed in the same process, gives the
@@ -37,7 +39,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks._common import positive_int, print_table
-from ddpm_core.device import device_description, resolve_device
+from ddpm_core.device import device_description, keep_freed_memory, resolve_device
 from ddpm_core.errors import DDPMError
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.training import diffusion_loss
@@ -69,6 +71,7 @@ class Variant:
     channels_last: bool
     bf16: bool
     threads: int
+    keep_freed_memory: bool = True
 
 
 class DiffusersEps(nn.Module):
@@ -218,6 +221,17 @@ def main() -> None:
         Variant("channels_last bf16 autocast", channels_last=True, bf16=True, threads=default_threads),
     ]
     if device.type == "cpu":
+        # First: glibc's adaptive defaults cannot come back once keep_freed_memory has changed them.
+        variants.insert(
+            0,
+            Variant(
+                "channels_last fp32, glibc default allocation",
+                channels_last=True,
+                bf16=False,
+                threads=default_threads,
+                keep_freed_memory=False,
+            ),
+        )
         wanted = args.threads.split(",") if args.threads else ["1", str(os.cpu_count() or 1)]
         for threads in sorted({int(n) for n in wanted} - {default_threads}):
             variants.append(Variant("channels_last fp32", channels_last=True, bf16=False, threads=threads))
@@ -226,6 +240,7 @@ def main() -> None:
     rows = []
     for variant in variants:
         torch.set_num_threads(variant.threads)
+        keep_freed_memory(variant.keep_freed_memory)
         dtype = torch.bfloat16 if variant.bf16 else torch.float32
         if (dtype, variant.threads) not in peaks:
             peaks[(dtype, variant.threads)] = matmul_gflops(device, dtype, matmul_sizes, matmul_repeats)
@@ -247,6 +262,7 @@ def main() -> None:
             ]
         )
     torch.set_num_threads(default_threads)
+    keep_freed_memory(True)
     print_table(["variant", "threads", "ms/step", "images/s", "GFLOP/s", "matmul GFLOP/s", "% of matmul"], rows)
 
     if args.no_diffusers:

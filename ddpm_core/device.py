@@ -60,15 +60,27 @@ def device_description(device: torch.device) -> str:
     return f"{name}, {torch.get_num_threads()} threads"
 
 
-# mallopt(3) parameters from glibc's <malloc.h>.
+# mallopt(3) parameters from glibc's <malloc.h>, and the values for "keep" and for glibc's initial defaults.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
-_TRIM_THRESHOLD = 1024 * 1024 * 1024
-_malloc_tuned: bool | None = None
+_KEEP = {_M_MMAP_THRESHOLD: 32 * 1024 * 1024, _M_TRIM_THRESHOLD: 1024 * 1024 * 1024}  # 32 MiB: glibc's ceiling
+_RETURN = {_M_MMAP_THRESHOLD: 128 * 1024, _M_TRIM_THRESHOLD: 128 * 1024}  # glibc's initial values
+_kept: bool | None = None  # None: not decided yet in this process
 
 
-def keep_freed_memory() -> bool:
+def _libc():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def keep_freed_memory(on: bool | None = None) -> bool:
     """Make glibc keep freed blocks of up to 32 MiB for reuse instead of returning them to the kernel.
 
     This removes the page faults that otherwise cost about a quarter of a CPU
@@ -76,26 +88,31 @@ def keep_freed_memory() -> bool:
     for its lifetime, which for this model is a few hundred megabytes at most.
     It changes only where memory comes from, never a computed value.
 
-    It is a no-op returning False where the C library is not glibc (macOS,
-    Windows, musl) or when the environment variable ``DDPM_KEEP_FREED_MEMORY``
-    is ``0``. Calling it again does nothing more. Returns whether the setting is on.
+    Args:
+        on: True keeps freed memory. None, what the sampler and the training
+            loop pass, turns it on unless this process has already decided or
+            the environment variable ``DDPM_KEEP_FREED_MEMORY`` is ``0``.
+            False, before it was ever on, leaves glibc untouched (its adaptive
+            defaults); after it was on, glibc cannot go back to adapting, so
+            False sets its initial 128 KiB thresholds and releases what was kept.
+
+    Returns whether the setting is on. Where the C library is not glibc (macOS,
+    Windows, musl) nothing changes and the answer is False.
     """
-    global _malloc_tuned
-    if _malloc_tuned is not None:
-        return _malloc_tuned
-    _malloc_tuned = False
-    if os.environ.get("DDPM_KEEP_FREED_MEMORY", "1") == "0":
+    global _kept
+    if on is None:
+        if _kept is not None:
+            return _kept
+        on = os.environ.get("DDPM_KEEP_FREED_MEMORY", "1") != "0"
+    libc = _libc()
+    if libc is None or (not on and not _kept):
+        _kept = False
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    # Both are needed: a high mmap threshold alone still trims the heap top, and
-    # a high trim threshold alone still maps large blocks afresh.
-    _malloc_tuned = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-    )
-    return _malloc_tuned
+    # Both thresholds matter: a high mmap threshold alone still trims the top of
+    # the heap after each free, and a high trim threshold alone still maps large blocks afresh.
+    values = _KEEP if on else _RETURN
+    applied = all(libc.mallopt(parameter, value) == 1 for parameter, value in values.items())
+    if not on:
+        libc.malloc_trim(0)
+    _kept = on and applied
+    return _kept

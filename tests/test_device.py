@@ -52,7 +52,36 @@ def test_keeping_freed_memory_removes_the_page_faults_of_a_forward_pass():
     assert checksum_on == checksum_off  # where memory comes from never changes a value
 
 
-def test_keep_freed_memory_is_idempotent():
+TOGGLE_PROBE = """
+import resource, torch
+from ddpm_core.device import keep_freed_memory
+from ddpm_core.unet import UNet
+model = UNet().eval().to(memory_format=torch.channels_last)
+x, t = torch.randn(32, 1, 28, 28), torch.full((32,), 500)
+
+def faults():
+    with torch.no_grad():
+        model(x, t)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            model(x, t)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+
+print(keep_freed_memory(False), faults(), keep_freed_memory(True), faults())
+print(keep_freed_memory(), keep_freed_memory(False), faults())
+"""
+
+
+@glibc_only
+def test_keep_freed_memory_can_be_switched_off_and_on_in_one_process():
+    result = subprocess.run([sys.executable, "-c", TOGGLE_PROBE], cwd=REPO, capture_output=True, text=True, check=True)
+    off, faults_off, on, faults_on, undecided, off_again, faults_off_again = result.stdout.split()
+    assert (off, on, undecided, off_again) == ("False", "True", "True", "False")  # None keeps the decision
+    assert float(faults_on) < float(faults_off) / 10
+    assert float(faults_on) < float(faults_off_again) / 10
+
+
+def test_keep_freed_memory_without_an_argument_keeps_the_first_decision():
     from ddpm_core.device import keep_freed_memory
 
     assert keep_freed_memory() == keep_freed_memory()

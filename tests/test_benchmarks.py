@@ -1,0 +1,41 @@
+"""The benchmark scripts run from the repository root and print their tables (timings are not asserted)."""
+
+import subprocess
+import sys
+
+from tests.helpers import REPO
+
+
+def run_module(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_sampling_benchmark_prints_every_row():
+    out = run_module("benchmarks.sampling", "--quick", "--no-diffusers")
+    for row in ("bare network calls x 20", "ours, DDPM-20 (sample)", "ours, DDIM-5 (eta=0)"):
+        assert row in out
+    assert "DDIM-5 speed-up over ours, DDPM-20:" in out
+    if "device: cpu" in out:
+        assert "ours, DDPM-20, glibc default allocation" in out
+        assert "keeping freed memory:" in out
+
+
+def test_training_benchmark_prints_every_variant():
+    out = run_module("benchmarks.train_throughput", "--quick", "--no-diffusers", "--threads", "1")
+    assert "GFLOP per training step" in out
+    for row in ("NCHW fp32", "channels_last fp32", "channels_last bf16 autocast"):
+        assert row in out
+    if "device: cpu" in out:
+        assert "channels_last fp32, glibc default allocation" in out
+
+
+def test_sampling_benchmark_refuses_a_step_count_that_contradicts_the_checkpoint():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sampling", "--checkpoint", "book/checkpoints/ddpm_mnist.safetensors",
+         "--steps", "50", "--no-diffusers"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "differs from the checkpoint's T=1000" in result.stderr
