@@ -3,8 +3,8 @@
 On the CPU a forward pass of the UNet allocates and frees a few megabytes per
 layer. glibc's ``malloc`` serves blocks of 128 KiB and more with fresh ``mmap``
 pages and gives freed memory back to the kernel, so the next layer touches new
-pages and pays a page fault for every 4 KiB: about 4,400 faults per batch-32
-call, a quarter of its time. :func:`keep_freed_memory` asks ``malloc`` to keep
+pages and pays a page fault for every 4 KiB: 4,400 to 6,500 faults per
+batch-32 call, about a quarter of its time. :func:`keep_freed_memory` asks ``malloc`` to keep
 such memory instead; the sampler and the training loop call it when they run on
 the CPU. ``python -m benchmarks.sampling`` measures the difference.
 """
