@@ -13,32 +13,40 @@ glibc_only = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is a glibc function"
 )
 
-# Counts the minor page faults of ten batch-32 forward passes of the default UNet in a fresh process.
-FAULT_PROBE = """
+# Run in a fresh process: the default UNet, and the minor page faults and output checksum of its forward pass.
+PROBE_SETUP = """
 import resource, torch
 from ddpm_core.device import keep_freed_memory
 from ddpm_core.unet import UNet
-on = keep_freed_memory()
 torch.manual_seed(0)
 model = UNet().eval().to(memory_format=torch.channels_last)
 x, t = torch.randn(32, 1, 28, 28), torch.full((32,), 500)
-with torch.no_grad():
-    for _ in range(3):
-        model(x, t)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        out = model(x, t)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(on, faults / 10, out.double().sum().item())
+
+def faults():
+    with torch.no_grad():
+        for _ in range(3):
+            model(x, t)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(10):
+            out = model(x, t)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10, out.double().sum().item()
 """
 
 
-def probe(setting: str) -> tuple[bool, float, float]:
-    env = {**os.environ, "DDPM_KEEP_FREED_MEMORY": setting}
+def run_probe(code: str, **env: str) -> list[str]:
     result = subprocess.run(
-        [sys.executable, "-c", FAULT_PROBE], cwd=REPO, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE_SETUP + code],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    on, faults, checksum = result.stdout.split()
+    return result.stdout.split()
+
+
+def probe(setting: str) -> tuple[bool, float, float]:
+    on, faults, checksum = run_probe("print(keep_freed_memory(), *faults())", DDPM_KEEP_FREED_MEMORY=setting)
     return on == "True", float(faults), float(checksum)
 
 
@@ -52,30 +60,13 @@ def test_keeping_freed_memory_removes_the_page_faults_of_a_forward_pass():
     assert checksum_on == checksum_off  # where memory comes from never changes a value
 
 
-TOGGLE_PROBE = """
-import resource, torch
-from ddpm_core.device import keep_freed_memory
-from ddpm_core.unet import UNet
-model = UNet().eval().to(memory_format=torch.channels_last)
-x, t = torch.randn(32, 1, 28, 28), torch.full((32,), 500)
-
-def faults():
-    with torch.no_grad():
-        model(x, t)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(5):
-            model(x, t)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
-
-print(keep_freed_memory(False), faults(), keep_freed_memory(True), faults())
-print(keep_freed_memory(), keep_freed_memory(False), faults())
-"""
-
-
 @glibc_only
 def test_keep_freed_memory_can_be_switched_off_and_on_in_one_process():
-    result = subprocess.run([sys.executable, "-c", TOGGLE_PROBE], cwd=REPO, capture_output=True, text=True, check=True)
-    off, faults_off, on, faults_on, undecided, off_again, faults_off_again = result.stdout.split()
+    code = """
+print(keep_freed_memory(False), faults()[0], keep_freed_memory(True), faults()[0])
+print(keep_freed_memory(), keep_freed_memory(False), faults()[0])
+"""
+    off, faults_off, on, faults_on, undecided, off_again, faults_off_again = run_probe(code)
     assert (off, on, undecided, off_again) == ("False", "True", "True", "False")  # None keeps the decision
     assert float(faults_on) < float(faults_off) / 10
     assert float(faults_on) < float(faults_off_again) / 10
