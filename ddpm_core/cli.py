@@ -25,6 +25,46 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def _width_list(text: str) -> tuple[int, ...]:
+    widths = _int_list(text)
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive widths such as 32,32,48, got {text!r}")
+    return widths
+
+
+def _resolution_list(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return _int_list(text)
+
+
 def _fraction(strict: bool):
     """An argparse type for a number in [0, 1], or in (0, 1) when ``strict``."""
 
@@ -68,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
     train.add_argument("--subset", type=_positive_int, default=None, help="train on the first N images only")
     train.add_argument("--ema-decay", type=_decay, default=None, help="keep an EMA of the weights (e.g. 0.999)")
+    train.add_argument("--warmup-steps", type=_non_negative_int, default=0, help="linear warm-up steps (default 0)")
+    train.add_argument("--lr-decay", choices=("constant", "cosine"), default="constant",
+                       help="learning rate after the warm-up (default constant)")
+    train.add_argument("--grad-clip", type=_positive_float, default=None, help="clip the gradient norm (e.g. 1.0)")
+    train.add_argument("--ema-warmup", action="store_true", help="EMA decay min(decay, (1+n)/(10+n)) at step n")
+    train.add_argument("--loss-weighting", choices=("uniform", "min_snr"), default="uniform",
+                       help="uniform (L_simple) or min_snr (default uniform)")
+    train.add_argument("--min-snr-gamma", type=_positive_float, default=5.0, help="gamma of min_snr (default 5)")
+    train.add_argument("--channels", type=_width_list, default=None, help="widths at 28, 14 and 7, e.g. 32,32,48")
+    train.add_argument("--time-embed-dim", type=_positive_int, default=None, help="timestep embedding width")
+    train.add_argument("--attention", type=_resolution_list, default=None, help="attention resolutions, e.g. 7 or 7,14")
+    train.add_argument("--downsample", choices=("maxpool", "conv"), default=None, help="maxpool or conv")
+    train.add_argument("--zero-init", action="store_true", default=None, help="zero the last conv of each block")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     samp = commands.add_parser("sample", help="generate digits from a checkpoint")
@@ -120,7 +173,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from ddpm_core.training import TrainConfig, train
+    from ddpm_core.unet import UNetConfig
 
     config = TrainConfig(
         epochs=args.epochs,
@@ -129,8 +185,22 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         ema_decay=args.ema_decay,
         subset=args.subset,
+        warmup_steps=args.warmup_steps,
+        lr_decay=args.lr_decay,
+        grad_clip=args.grad_clip,
+        ema_warmup=args.ema_warmup,
+        loss_weighting=args.loss_weighting,
+        min_snr_gamma=args.min_snr_gamma,
     )
-    result = train(args.out, config, resume=args.resume, device=args.device, progress=not args.no_progress)
+    changes = {"channels": args.channels, "time_embed_dim": args.time_embed_dim, "attention": args.attention,
+               "downsample": args.downsample, "zero_init": args.zero_init}
+    try:
+        model_config = dataclasses.replace(UNetConfig(), **{k: v for k, v in changes.items() if v is not None})
+        model_config.validate()
+    except ValueError as error:
+        raise DDPMError(f"Unusable architecture options: {error}") from None
+    result = train(args.out, config, model_config, resume=args.resume, device=args.device,
+                   progress=not args.no_progress)
     if args.no_progress:  # the bar's per-epoch lines were off: list the epochs here
         for epoch, loss in enumerate(result.loss_history, start=1):
             print(f"epoch {epoch}/{config.epochs}: mean loss {loss:.4f}")

@@ -33,6 +33,13 @@ from ddpm_core.unet import UNet, UNetConfig
 WEIGHTS_FILE = "model.safetensors"
 RESUME_FILE = "resume.pt"
 EPOCHS_DIR = "epochs"
+LR_DECAYS = ("constant", "cosine")
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
+# What a stored run without these settings did: the training loop before they were added.
+LEGACY_TRAIN_DEFAULTS = {
+    "warmup_steps": 0, "lr_decay": "constant", "grad_clip": None, "ema_warmup": False,
+    "loss_weighting": "uniform", "min_snr_gamma": 5.0,
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,12 @@ class TrainConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     channels_last: bool = True  # NHWC activations: measured faster for convolutions on the CPU
+    warmup_steps: int = 0  # raise the learning rate linearly from 0 to lr over this many steps
+    lr_decay: str = "constant"  # after the warm-up: "constant", or "cosine" down to 0 at the last step
+    grad_clip: float | None = None  # clip the gradients' global norm to this value; None: off
+    ema_warmup: bool = False  # EMA decay min(ema_decay, (1 + n) / (10 + n)) at step n, so early weights fade
+    loss_weighting: str = "uniform"  # "uniform" (L_simple) or "min_snr" (Hang et al. 2023)
+    min_snr_gamma: float = 5.0  # gamma of min-SNR weighting: weight(t) = min(SNR(t), gamma) / SNR(t)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -59,6 +72,16 @@ class TrainConfig:
             raise DDPMError(f"subset must be a positive number of images, got {self.subset}.")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise DDPMError(f"ema_decay must lie strictly between 0 and 1 (e.g. 0.999), got {self.ema_decay}.")
+        if self.warmup_steps < 0:
+            raise DDPMError(f"warmup_steps must be 0 or more, got {self.warmup_steps}.")
+        if self.lr_decay not in LR_DECAYS:
+            raise DDPMError(f"lr_decay must be one of {LR_DECAYS}, got {self.lr_decay!r}.")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise DDPMError(f"grad_clip must be positive (e.g. 1.0), got {self.grad_clip}.")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise DDPMError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}.")
+        if not self.min_snr_gamma > 0:
+            raise DDPMError(f"min_snr_gamma must be positive (e.g. 5), got {self.min_snr_gamma}.")
 
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule(self.num_steps, self.beta_start, self.beta_end)
@@ -76,6 +99,33 @@ def diffusion_loss(model: UNet, schedule: NoiseSchedule, x0: Tensor, t: Tensor, 
     """L_simple of Ho et al. 2020, eq. (14): the mean squared error between eps and eps_theta(x_t, t)."""
     xt = schedule.q_sample(x0, t, noise)
     return F.mse_loss(model(xt, t), noise)
+
+
+def per_sample_loss(model: UNet, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """The squared error of each image, averaged over its pixels: shape (B,). Its mean is L_simple."""
+    xt = schedule.q_sample(x0, t, noise)
+    return (model(xt, t) - noise).square().flatten(1).mean(1)
+
+
+def min_snr_weights(schedule: NoiseSchedule, t: Tensor, gamma: float) -> Tensor:
+    """Min-SNR-gamma weights for the eps loss (Hang et al. 2023): min(SNR(t), gamma) / SNR(t).
+
+    SNR(t) = alpha_bar_t / (1 - alpha_bar_t). Where the image is barely noised
+    (SNR above gamma, small t) the weight falls below 1, so those easy, plentiful
+    timesteps no longer pull the shared weights away from the noisy ones.
+    """
+    snr = schedule.signal_to_noise().to(t.device)[t - 1]
+    return snr.clamp(max=gamma) / snr
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate at optimiser step ``step`` (0-based) of a run of ``total_steps`` steps."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_decay == "cosine":
+        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> Tensor:
@@ -140,12 +190,12 @@ def train(
 
     if resume:
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state["model_config"] != model_config.to_dict():
+        if UNetConfig.from_dict(state["model_config"]) != model_config:
             raise DDPMError(
                 f"The run in {out_dir} used the architecture {state['model_config']}, not {model_config.to_dict()}. "
                 f"Resume with the same model settings, or start a new run in another folder."
             )
-        saved = {k: v for k, v in state["train_config"].items() if k != "epochs"}
+        saved = {k: v for k, v in {**LEGACY_TRAIN_DEFAULTS, **state["train_config"]}.items() if k != "epochs"}
         asked = {k: v for k, v in asdict(config).items() if k != "epochs"}
         if saved != asked:
             changed = ", ".join(f"{k}: {saved.get(k)} -> {asked.get(k)}" for k in asked if saved.get(k) != asked.get(k))
@@ -167,6 +217,7 @@ def train(
 
     n = images.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
     for epoch in range(start_epoch + 1, config.epochs + 1):
         model.train()
         started = time.perf_counter()
@@ -181,7 +232,12 @@ def train(
             x0, t, noise = (v.to(device) for v in (x0, t, noise))
             x0 = x0.contiguous(memory_format=memory_format)
             noise = noise.contiguous(memory_format=memory_format)
-            loss = diffusion_loss(model, schedule, x0, t, noise)
+            losses = per_sample_loss(model, schedule, x0, t, noise)
+            loss = losses.mean()  # L_simple, the loss every run reports
+            if config.loss_weighting == "min_snr":
+                objective = (min_snr_weights(schedule, t, config.min_snr_gamma) * losses).mean()
+            else:
+                objective = loss
             if not torch.isfinite(loss):
                 bar.close()
                 last = f"epoch {epoch - 1}" if epoch > 1 else "none yet"
@@ -190,14 +246,22 @@ def train(
                     f"The last good checkpoint in {out_dir} ({last}) was kept unchanged. Check the data for "
                     f"NaN or inf values or lower the learning rate, then continue with --resume."
                 )
+            global_step = (epoch - 1) * steps_per_epoch + step
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, global_step, total_steps)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             if ema_state is not None:
+                decay = config.ema_decay
+                if config.ema_warmup:
+                    decay = min(decay, (2 + global_step) / (11 + global_step))  # n = global_step + 1 updates
                 with torch.no_grad():
                     for name, value in model.state_dict().items():
                         if value.dtype.is_floating_point:
-                            ema_state[name].lerp_(value, 1.0 - config.ema_decay)
+                            ema_state[name].lerp_(value, 1.0 - decay)
             total += loss.item() * b
             seen += b
             bar.update()

@@ -28,6 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+DOWNSAMPLES = ("maxpool", "conv")
+# What a stored configuration without these fields meant: the network before they were added.
+LEGACY_DEFAULTS = {"attention": (), "downsample": "maxpool", "zero_init": False}
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -36,15 +40,32 @@ class UNetConfig:
     time_freq_dim: int = 16  # number of sinusoidal features of t (8 frequencies, sin and cos)
     time_embed_dim: int = 64  # width of the MLP that turns those features into the embedding
     num_groups: int = 8  # GroupNorm groups; must divide every width above
+    attention: tuple[int, ...] = ()  # resolutions (7, 14) whose blocks are followed by self-attention
+    downsample: str = "maxpool"  # "maxpool" (no weights) or "conv" (3x3, stride 2)
+    zero_init: bool = False  # start each residual branch and the output convolution at zero
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> UNetConfig:
-        data = dict(data)
+        # Checkpoints written before a field existed were made without that feature.
+        data = {**LEGACY_DEFAULTS, **data}
         data["channels"] = tuple(data["channels"])
+        data["attention"] = tuple(data["attention"])
         return cls(**data)
+
+    def validate(self) -> None:
+        """Refuse a configuration that cannot build a network, with the reason."""
+        if self.downsample not in DOWNSAMPLES:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {self.downsample!r}.")
+        sizes = [28 // 2**level for level in range(len(self.channels))]
+        for resolution in self.attention:
+            if resolution not in sizes:
+                raise ValueError(f"attention at {resolution}x{resolution} needs one of the resolutions {sizes}.")
+        for width in self.channels:
+            if width % self.num_groups:
+                raise ValueError(f"num_groups={self.num_groups} must divide every width, not {width}.")
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -90,15 +111,37 @@ class ResidualBlock(nn.Module):
         return h
 
 
-class Downsample(nn.Module):
-    """2x2 max pooling, as in the original UNet: (B, C, H, W) -> (B, C, H/2, W/2).
+class SelfAttention(nn.Module):
+    """Single-head self-attention over the H*W positions, with a residual sum (Ho et al. 2020, appendix B).
 
-    It has no weights; the residual block after it learns what to keep.
+    GroupNorm, then 1x1 projections to queries, keys and values; every position
+    attends to every other, so a stroke at one corner can shape the opposite one.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, num_groups: int) -> None:
         super().__init__()
-        self.pool = nn.MaxPool2d(2)
+        self.norm = nn.GroupNorm(num_groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, height, width = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, height * width).transpose(2, 3).unbind(1)  # (B, HW, C)
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v
+        return x + self.proj(h.transpose(1, 2).reshape(b, c, height, width))
+
+
+class Downsample(nn.Module):
+    """Halve the resolution: (B, C, H, W) -> (B, C, H/2, W/2).
+
+    "maxpool" is the original UNet's 2x2 max pooling, with no weights (the residual
+    block after it learns what to keep); "conv" is a learned 3x3 convolution with
+    stride 2, as in Ho et al. 2020.
+    """
+
+    def __init__(self, channels: int, kind: str = "maxpool") -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(2) if kind == "maxpool" else nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(x)
@@ -125,6 +168,7 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig | None = None) -> None:
         super().__init__()
         config = config or UNetConfig()
+        config.validate()
         self.config = config
         widths = config.channels
         base = widths[0]
@@ -140,28 +184,45 @@ class UNet(nn.Module):
         def block(c_in: int, c_out: int) -> ResidualBlock:
             return ResidualBlock(c_in, c_out, config.time_embed_dim, config.num_groups)
 
+        def attention(level: int, width: int) -> nn.Module:
+            # Self-attention after the blocks of the resolutions listed in the config, nothing elsewhere.
+            wanted = 28 // 2**level in config.attention
+            return SelfAttention(width, config.num_groups) if wanted else nn.Identity()
+
         self.down_blocks = nn.ModuleList()
+        self.down_attention = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         previous = base
         for level, width in enumerate(widths):
             self.down_blocks.append(block(previous, width))
+            self.down_attention.append(attention(level, width))
             if level < len(widths) - 1:
-                self.downsamples.append(Downsample(width))
+                self.downsamples.append(Downsample(width, config.downsample))
             previous = width
 
         self.middle = block(widths[-1], widths[-1])
 
         self.up_blocks = nn.ModuleList()
+        self.up_attention = nn.ModuleList()
         self.upsamples = nn.ModuleList()
         for level in reversed(range(len(widths))):
             width = widths[level]
             self.up_blocks.append(block(previous + width, width))  # + width: the skip connection
+            self.up_attention.append(attention(level, width))
             if level > 0:
                 self.upsamples.append(Upsample(width))
             previous = width
 
         self.norm_out = nn.GroupNorm(config.num_groups, base)
         self.conv_out = nn.Conv2d(base, config.image_channels, 3, padding=1)
+        if config.zero_init:
+            # Each residual block starts as the identity and the network predicts eps = 0 at first;
+            # the gradients still reach these weights (Goyal et al. 2017; Dhariwal and Nichol 2021).
+            for module in [*self.down_blocks, self.middle, *self.up_blocks]:
+                nn.init.zeros_(module.conv2.weight)
+                nn.init.zeros_(module.conv2.bias)
+            nn.init.zeros_(self.conv_out.weight)
+            nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         if self.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
@@ -170,13 +231,14 @@ class UNet(nn.Module):
         h = self.conv_in(x)  # (B, 1, 28, 28) -> (B, C0, 28, 28)
         skips = []
         for level, down_block in enumerate(self.down_blocks):
-            h = down_block(h, time_emb)
+            h = self.down_attention[level](down_block(h, time_emb))
             skips.append(h)
             if level < len(self.downsamples):
                 h = self.downsamples[level](h)  # (B, C, H, W) -> (B, C, H/2, W/2)
         h = self.middle(h, time_emb)
         for level, up_block in enumerate(self.up_blocks):
             h = up_block(torch.cat([h, skips.pop()], dim=1), time_emb)  # (B, C + C_skip, H, W) -> (B, C, H, W)
+            h = self.up_attention[level](h)
             if level < len(self.upsamples):
                 h = self.upsamples[level](h)  # (B, C, H, W) -> (B, C, 2H, 2W)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, C0, 28, 28) -> (B, 1, 28, 28)
