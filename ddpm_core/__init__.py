@@ -4,15 +4,21 @@ The modules, one idea each:
 
     schedule    the noise schedule and the closed forms of the forward process
     unet        the noise-prediction network eps_theta(x_t, t)
-    sampling    the reverse process: ancestral sampling (Algorithm 2)
+    sampling    the reverse process: one ancestral step and the sampler (Algorithm 2)
     ddim        fast sampling with DDIM (Song, Meng and Ermon 2021)
-    training    the simple loss and the training loop (Algorithm 1)
+    training    the simple loss, one training step and the loop (Algorithm 1)
     data        MNIST as tensors in [-1, 1]
     checkpoint  saving and loading models
-    viz         grids, trajectories and timestep sliders for the book
-    classifier  the MNIST judge used to measure samples
+    lock        one training run per output folder
+    device      the compute device and the CPU's memory allocator
+    errors      the exceptions the package raises, with their exit codes
+    viz         image grids and the frames of a trajectory
+    slider      timestep sliders over a trajectory (static HTML, or live widgets)
+    book        helpers for the book's chapters: quick mode, source listings, Colab set-up
+    classifier  the MNIST judge used to measure samples (its weights ship in weights/)
     metrics     Frechet distance, confidence, Inception Score, nearest neighbours
     evaluation  sample from a checkpoint and score it (python -m ddpm_core evaluate)
+    cli         the command line, python -m ddpm_core (train, sample, evaluate)
 """
 
 __version__ = "0.1.0"

@@ -4,21 +4,34 @@ A checkpoint is a folder written by ``train``:
 
     model.safetensors          weights after the last finished epoch (+ EMA weights under "ema.")
     epochs/epoch_NNN.safetensors  the same, for every epoch, kept for the book's quality curves
-    resume.pt                  optimiser and random-number states, for exact resumption
+    resume.pt                  everything exact resumption needs: weights, EMA weights, optimiser
+                               and random-number states, loss history and the model and training configs
+    .lock                      held while a run trains into the folder (see ``lock.py``)
 
 The safetensors metadata holds one JSON document (key ``ddpm_core``) with the
 model config, schedule, training settings, epoch, loss history, seed, wall
 time, device and library versions, so a weights file describes itself.
 Every file is written to a temporary name and renamed into place, so a run
-killed mid-write leaves the previous file intact.
+killed mid-write, or a disk that fills up, leaves the previous file intact.
+
+Loading trusts nothing in a file: the metadata is checked field by field, and
+the architecture it names is compared with the tensors' shapes (read from the
+file's header) before a single weight is allocated, so a damaged or hostile
+file is refused with a message instead of a crash or a huge allocation.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import pickle
 import platform
+import shutil
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +40,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from ddpm_core.errors import DDPMError
+from ddpm_core.errors import DDPMError, DiskFullError, NonFiniteOutputError
 from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.unet import UNet, UNetConfig
+from ddpm_core.unet import LEGACY_DEFAULTS, UNet, UNetConfig
 
 FORMAT = "ddpm_core/1"
+CLASSIFIER_FORMAT = "ddpm_core/classifier/1"
 EMA_PREFIX = "ema."
+# Far beyond any network that fits 28x28 digits, far below what would exhaust a machine's memory.
+MAX_WIDTH = 1024
+MAX_EMBED_DIM = 4096
+MAX_PARAMETERS = 50_000_000
+MAX_NUM_STEPS = 100_000
+RESUME_KEYS = ("epoch", "model", "optimizer", "generator", "torch_rng", "ema", "loss_history", "wall_time_s",
+               "model_config", "train_config")
 
 
 def library_versions() -> dict[str, str]:
@@ -48,20 +69,63 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _disk_full(path: Path, needed_bytes: int) -> DiskFullError:
+    free = shutil.disk_usage(path.parent).free
+    needed = f"about {needed_bytes / 1e6:.1f} MB were needed and " if needed_bytes else ""
+    return DiskFullError(
+        f"Not enough space to write {path}: {needed}{free / 1e6:.1f} MB are free on that disk. "
+        f"The file already at that path (if any) is intact.",
+        str(path),
+        needed_bytes,
+    )
+
+
+def atomic_write(path: Path, write, needed_bytes: int = 0) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
+
+    The file gets the permissions an ordinary ``open`` would give it (0666 less the umask).
+    ``needed_bytes`` (an estimate of the file's size) turns a full disk into ``DiskFullError``,
+    checked before writing and again if the write fails.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    if needed_bytes and shutil.disk_usage(path.parent).free < needed_bytes:
+        raise _disk_full(path, needed_bytes)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
+    except Exception as error:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        # torch.save reports a full disk as a RuntimeError of its own, so the free space decides too.
+        no_space = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+        if no_space or (needed_bytes and shutil.disk_usage(path.parent).free < needed_bytes):
+            raise _disk_full(path, needed_bytes) from None
+        raise
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def save_weights(
@@ -75,12 +139,14 @@ def save_weights(
     if ema_state is not None:
         tensors.update({EMA_PREFIX + k: v.detach().cpu().contiguous() for k, v in ema_state.items()})
     metadata = {"format": FORMAT, "model_config": model.config.to_dict(), "has_ema": ema_state is not None, **metadata}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"ddpm_core": json.dumps(metadata)}))
+    document = json.dumps(metadata)
+    needed = _tensor_bytes(tensors) + len(document) + 200 * len(tensors)
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"ddpm_core": document}), needed)
 
 
 def save_resume_state(path: str | Path, state: dict[str, Any]) -> None:
     """Write the resume state (plain tensors, numbers and strings only) atomically."""
-    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp), _tensor_bytes(state) + 65_536)
 
 
 def _resolve_weights_path(path: str | Path) -> Path:
@@ -95,8 +161,19 @@ def _resolve_weights_path(path: str | Path) -> Path:
     return path
 
 
+def _bad_metadata(path: Path, problem: str) -> DDPMError:
+    return DDPMError(
+        f"The checkpoint {path} has unusable metadata: {problem}. The file was damaged or edited by hand; "
+        f"use another epoch's file from the same run (epochs/epoch_NNN.safetensors) or train again."
+    )
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata of a weights file, without loading the weights."""
+    """The JSON metadata of a weights file, without loading the weights.
+
+    Refuses a file that is not a diffusion checkpoint of this package's format (a classifier,
+    a foreign safetensors file, metadata that is not a JSON object, an unknown format version).
+    """
     path = _resolve_weights_path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -108,7 +185,25 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"{path} is a safetensors file but not a ddpm_core checkpoint (its metadata has no 'ddpm_core' "
             f"entry). Load a file written by `python -m ddpm_core train`."
         )
-    return json.loads(raw)
+    try:
+        metadata = json.loads(raw)
+    except ValueError as error:
+        raise _bad_metadata(path, f"it is not valid JSON ({error})") from None
+    if not isinstance(metadata, dict):
+        raise _bad_metadata(path, f"it is a JSON {type(metadata).__name__}, not an object")
+    file_format = metadata.get("format", FORMAT)  # files from before the field existed are version 1
+    if file_format == CLASSIFIER_FORMAT:
+        raise DDPMError(
+            f"{path} is the MNIST classifier (the judge of generated digits), not a diffusion model, so it "
+            f"cannot generate images. Pass it to `evaluate --classifier`, and pass a model.safetensors "
+            f"written by `python -m ddpm_core train` (or its folder) as --checkpoint."
+        )
+    if file_format != FORMAT:
+        raise DDPMError(
+            f"{path} has the checkpoint format {file_format!r}, which this version of ddpm_core does not know "
+            f"(it reads {FORMAT!r}). Load it with the version of ddpm_core that wrote it, or train again."
+        )
+    return metadata
 
 
 def _corrupt(path: Path, error: Exception) -> DDPMError:
@@ -116,6 +211,93 @@ def _corrupt(path: Path, error: Exception) -> DDPMError:
         f"The checkpoint {path} could not be read: it is truncated or corrupt ({error}). "
         f"Use another epoch's file from the same run (epochs/epoch_NNN.safetensors) or train again."
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+_CONFIG_CHECKS = {
+    "image_channels": (_is_int, "a whole number"),
+    "channels": (lambda v: isinstance(v, (list, tuple)) and all(_is_int(w) for w in v), "a list of whole numbers"),
+    "time_freq_dim": (_is_int, "a whole number"),
+    "time_embed_dim": (_is_int, "a whole number"),
+    "num_groups": (_is_int, "a whole number"),
+    "attention": (lambda v: isinstance(v, (list, tuple)) and all(_is_int(r) for r in v), "a list of whole numbers"),
+    "downsample": (lambda v: isinstance(v, str), "a string"),
+    "zero_init": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def check_model_config(config: UNetConfig) -> None:
+    """Refuse an architecture that cannot be built or is implausibly large for 28x28 digits (``ValueError``)."""
+    if not 1 <= config.image_channels <= 4:
+        raise ValueError(f"image_channels must lie in 1..4, got {config.image_channels}")
+    if not 1 <= len(config.channels) <= 3:
+        raise ValueError(f"channels needs 1 to 3 widths (for 28, 14 and 7 pixels), got {len(config.channels)}")
+    if not all(1 <= width <= MAX_WIDTH for width in config.channels):
+        raise ValueError(f"every width in channels must lie in 1..{MAX_WIDTH}, got {list(config.channels)}")
+    if not (2 <= config.time_freq_dim <= MAX_EMBED_DIM and config.time_freq_dim % 2 == 0):
+        raise ValueError(f"time_freq_dim must be even and lie in 2..{MAX_EMBED_DIM}, got {config.time_freq_dim}")
+    if not 1 <= config.time_embed_dim <= MAX_EMBED_DIM:
+        raise ValueError(f"time_embed_dim must lie in 1..{MAX_EMBED_DIM}, got {config.time_embed_dim}")
+    if config.num_groups < 1:
+        raise ValueError(f"num_groups must be positive, got {config.num_groups}")
+    config.validate()
+    with torch.device("meta"):  # shapes only: no memory is allocated
+        parameters = sum(p.numel() for p in UNet(config).parameters())
+    if parameters > MAX_PARAMETERS:
+        raise ValueError(f"that network has {parameters:,} parameters, more than the {MAX_PARAMETERS:,} allowed")
+
+
+def config_from_metadata(data: Any, path: Path) -> UNetConfig:
+    """The ``UNetConfig`` stored in a checkpoint, after checking every key, type and size."""
+    if not isinstance(data, dict):
+        raise _bad_metadata(path, "model_config is missing or not a JSON object")
+    unknown = sorted(set(data) - set(_CONFIG_CHECKS))
+    if unknown:
+        raise _bad_metadata(path, f"model_config has unknown keys {unknown}")
+    missing = sorted(set(_CONFIG_CHECKS) - set(LEGACY_DEFAULTS) - set(data))
+    if missing:
+        raise _bad_metadata(path, f"model_config lacks the keys {missing}")
+    for key, value in data.items():
+        is_valid, expected = _CONFIG_CHECKS[key]
+        if not is_valid(value):
+            raise _bad_metadata(path, f"model_config[{key!r}] must be {expected}, got {value!r}")
+    config = UNetConfig.from_dict(data)
+    try:
+        check_model_config(config)
+    except ValueError as error:
+        raise _bad_metadata(path, f"the architecture it names is refused: {error}") from None
+    return config
+
+
+def _schedule_from_metadata(metadata: dict[str, Any], path: Path) -> NoiseSchedule:
+    schedule = metadata.get("schedule", {})
+    if not isinstance(schedule, dict) or set(schedule) - {"num_steps", "beta_start", "beta_end"}:
+        raise _bad_metadata(path, f"schedule must be an object with num_steps, beta_start, beta_end; got {schedule!r}")
+    num_steps = schedule.get("num_steps", 1000)
+    if not (_is_int(num_steps) and 1 <= num_steps <= MAX_NUM_STEPS):
+        raise _bad_metadata(path, f"schedule num_steps must be a whole number in 1..{MAX_NUM_STEPS}")
+    if not all(_is_number(schedule[k]) for k in ("beta_start", "beta_end") if k in schedule):
+        raise _bad_metadata(path, "schedule beta_start and beta_end must be finite numbers")
+    result = NoiseSchedule(**schedule)
+    trained = metadata.get("train_config")
+    if isinstance(trained, dict):
+        used = {k: trained.get(k) for k in ("num_steps", "beta_start", "beta_end")}
+        stored = {"num_steps": result.num_steps, "beta_start": result.beta_start, "beta_end": result.beta_end}
+        differs = [f"{k} {stored[k]} (trained with {used[k]})" for k in stored if used[k] not in (None, stored[k])]
+        if differs:
+            warnings.warn(
+                f"The schedule in {path} differs from the one its weights were trained with: {', '.join(differs)}. "
+                f"Samples will be poor; fix the metadata or use the training run's own file.",
+                stacklevel=3,
+            )
+    return result
 
 
 @dataclass
@@ -126,6 +308,30 @@ class LoadedModel:
     schedule: NoiseSchedule
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+
+
+def _shape_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> str:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong_shape = [
+        f"{k}: file {found[k]} vs model {expected[k]}"
+        for k in sorted(set(expected) & set(found))
+        if found[k] != expected[k]
+    ]
+    return "; ".join(
+        part
+        for part in (
+            f"missing {', '.join(missing[:5])}" if missing else "",
+            f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
+            f"wrong shapes {', '.join(wrong_shape[:5])}" if wrong_shape else "",
+        )
+        if part
+    )
+
+
+def _expected_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in UNet(config).state_dict().items()}
 
 
 def load_checkpoint(
@@ -144,55 +350,107 @@ def load_checkpoint(
     """
     path = _resolve_weights_path(path)
     metadata = read_metadata(path)
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise _corrupt(path, error) from None
-    config = UNetConfig.from_dict(metadata["model_config"])
+    config = config_from_metadata(metadata.get("model_config"), path)
     if expected_config is not None and config != expected_config:
         raise DDPMError(
             f"The checkpoint {path} holds a different architecture: {config}, but {expected_config} was "
             f"expected. Load it without expected_config, or train a model with the expected settings."
         )
-    if use_ema:
-        if not metadata.get("has_ema"):
-            raise DDPMError(
-                f"The checkpoint {path} has no EMA weights (it was trained with ema_decay off). "
-                f"Load it with use_ema=False, or train with --ema-decay."
-            )
-        state = {k[len(EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
-    else:
-        state = {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}
+    if use_ema and not metadata.get("has_ema"):
+        raise DDPMError(
+            f"The checkpoint {path} has no EMA weights (it was trained without --ema-decay). "
+            f"Sample without --ema (in Python: use_ema=False), or train a run with --ema-decay 0.999."
+        )
+    schedule = _schedule_from_metadata(metadata, path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _corrupt(path, error) from None
+    prefix = EMA_PREFIX if use_ema else ""
+    wanted = {k[len(prefix):]: shape for k, shape in shapes.items() if k.startswith(EMA_PREFIX) == use_ema}
+    mismatch = _shape_mismatch(_expected_shapes(config), wanted)
+    if mismatch:
+        raise DDPMError(
+            f"The weights in {path} do not fit the architecture its metadata describes ({mismatch}). "
+            f"The file was written by a different network; load it with the code that trained it, or train again."
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _corrupt(path, error) from None
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX) == use_ema}
     model = UNet(config)
-    _load_state_strict(model, state, path)
-    schedule = NoiseSchedule(**metadata.get("schedule", {}))
+    model.load_state_dict(state)
     # Channels-last activations are measurably faster for these small convolutions on the CPU.
     memory_format = torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
     model.to(device=device, memory_format=memory_format).eval()
     return LoadedModel(model=model, schedule=schedule, metadata=metadata, path=path)
 
 
-def _load_state_strict(model: UNet, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(state))
-        if state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or wrong_shape:
-        details = "; ".join(
-            part
-            for part in (
-                f"missing {', '.join(missing[:5])}" if missing else "",
-                f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
-                f"wrong shapes {', '.join(wrong_shape[:5])}" if wrong_shape else "",
-            )
-            if part
+def check_finite_samples(images: torch.Tensor, path: str | Path | None) -> None:
+    """Raise ``NonFiniteOutputError`` unless every value of ``images`` is finite."""
+    bad = ~torch.isfinite(images).flatten(1).all(dim=1)
+    if bad.any():
+        source = f"The model in {path}" if path is not None else "The model"
+        raise NonFiniteOutputError(
+            f"{source} produced non-finite values (NaN or inf) in {int(bad.sum())} of {len(images)} samples, "
+            f"so nothing was written. Its weights are damaged or diverged: use an earlier epoch's file from "
+            f"the same run (epochs/epoch_NNN.safetensors) or train again."
         )
-        raise DDPMError(
-            f"The weights in {path} do not fit the architecture its metadata describes ({details}). "
-            f"The file was written by a different network; load it with the code that trained it, or train again."
-        )
-    model.load_state_dict(state)
+
+
+def _bad_resume(path: Path, problem: str) -> DDPMError:
+    return DDPMError(
+        f"The resume state {path} cannot be used: {problem}. Nothing was changed. Remove it and start a new "
+        f"run in another --out folder (the weights in {path.parent / 'model.safetensors'} and "
+        f"{path.parent / 'epochs'} stay loadable for sampling)."
+    )
+
+
+def load_resume_state(path: str | Path) -> dict[str, Any]:
+    """Read ``resume.pt`` (tensors, numbers and strings only; no code is run) and check its contents."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise _bad_resume(path, "the file is empty (the run was killed while it was first written)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises EOFError, RuntimeError, UnpicklingError, ...
+        if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            what = "it holds objects other than tensors, numbers and strings, which are never loaded"
+        else:
+            what = "it is truncated or corrupt"
+        raise _bad_resume(path, f"{what} ({type(error).__name__})") from None
+    if not isinstance(state, dict):
+        raise _bad_resume(path, f"it holds a {type(state).__name__}, not a dictionary")
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise _bad_resume(path, f"it lacks {', '.join(missing)}")
+    rng_size = torch.Generator().get_state().numel()
+    checks = {
+        "epoch": _is_int(state["epoch"]) and state["epoch"] >= 0,
+        "model": isinstance(state["model"], dict),
+        "optimizer": isinstance(state["optimizer"], dict) and {"state", "param_groups"} <= set(state["optimizer"]),
+        "generator": isinstance(state["generator"], torch.Tensor) and state["generator"].numel() == rng_size,
+        "torch_rng": isinstance(state["torch_rng"], torch.Tensor) and state["torch_rng"].numel() == rng_size,
+        "ema": isinstance(state["ema"], dict),
+        "loss_history": isinstance(state["loss_history"], list) and all(map(_is_number, state["loss_history"])),
+        "wall_time_s": _is_number(state["wall_time_s"]),
+        "train_config": isinstance(state["train_config"], dict),
+    }
+    wrong = [k for k, ok in checks.items() if not ok]
+    if wrong:
+        raise _bad_resume(path, f"the entries {', '.join(wrong)} have the wrong type or size")
+    try:
+        config = config_from_metadata(state["model_config"], path)
+    except DDPMError:
+        raise _bad_resume(path, f"its model_config is unusable: {state['model_config']!r}"[:300]) from None
+    expected = _expected_shapes(config)
+    for name, weights in (("model", state["model"]), ("ema", state["ema"])):
+        if name == "ema" and not weights:
+            continue
+        found = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else () for k, v in weights.items()}
+        mismatch = _shape_mismatch(expected, found)
+        if mismatch:
+            raise _bad_resume(path, f"its {name} weights do not fit its architecture ({mismatch})")
+    return state

@@ -8,13 +8,14 @@ returns logits for the ten digits. Its 128-dimensional penultimate layer,
 ``metrics.frechet_distance`` compares generated and real digits, as the
 "FID with an MNIST classifier" of the diffusion literature does.
 
-The trained weights live in ``book/checkpoints/mnist_classifier.safetensors``
-(or the file named by the environment variable ``DDPM_CLASSIFIER``); their
+The trained weights ship with the package as ``ddpm_core/weights/mnist_classifier.safetensors``
+(package data, so ``pip install .`` brings them); a ``--classifier PATH`` argument or the
+environment variable ``DDPM_CLASSIFIER`` names another file. Their
 safetensors metadata holds one JSON document (key ``ddpm_core``) with the
 training settings, the test accuracy, the wall time and the library versions.
 Retrain with
 
-    python -m ddpm_core.classifier --out book/checkpoints/mnist_classifier.safetensors --epochs 6
+    python -m ddpm_core.classifier --out ddpm_core/weights/mnist_classifier.safetensors --epochs 6
 
 (about five minutes on two otherwise idle CPU cores).
 """
@@ -44,7 +45,7 @@ from ddpm_core.errors import DDPMError
 
 FORMAT = "ddpm_core/classifier/1"
 CLASSIFIER_ENV = "DDPM_CLASSIFIER"
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "book" / "checkpoints" / "mnist_classifier.safetensors"
+DEFAULT_PATH = Path(__file__).resolve().parent / "weights" / "mnist_classifier.safetensors"  # package data
 NUM_CLASSES = 10
 
 
@@ -213,12 +214,23 @@ def train_classifier(
     return metadata
 
 
+def _fresh_path(path: Path) -> Path:
+    """``path`` if no file is there, else the first free ``<stem>_classifier[_N].safetensors`` beside it."""
+    candidate, number = path, 1
+    while candidate.exists():
+        suffix = "_classifier" if number == 1 else f"_classifier_{number}"
+        candidate = path.with_name(f"{path.stem}{suffix}.safetensors")
+        number += 1
+    return candidate
+
+
 def _retrain_hint(path: Path) -> str:
-    return f"`python -m ddpm_core.classifier --out {path}` (a few minutes on a CPU)"
+    # Never a path that holds a file: following the hint must not replace anything.
+    return f"`python -m ddpm_core.classifier --out {_fresh_path(path)}` (a few minutes on a CPU)"
 
 
 def default_path() -> Path:
-    """The classifier file: ``$DDPM_CLASSIFIER`` if set, else the committed ``DEFAULT_PATH``."""
+    """The classifier file: ``$DDPM_CLASSIFIER`` if set, else the packaged ``DEFAULT_PATH``."""
     return Path(os.environ.get(CLASSIFIER_ENV, DEFAULT_PATH))
 
 
@@ -229,11 +241,10 @@ def load_classifier(path: str | Path | None = None, device: torch.device | str =
     """
     path = Path(path) if path is not None else default_path()
     if not path.is_file():
-        committed = "" if path == DEFAULT_PATH else f" (the book's copy is {DEFAULT_PATH})"
+        packaged = "" if path == DEFAULT_PATH else f" (the packaged copy is {DEFAULT_PATH})"
         raise DDPMError(
-            f"No MNIST classifier at {path}{committed}. Restore the committed file from the repository, point "
-            f"the environment variable {CLASSIFIER_ENV} at another copy, or train a new one with "
-            f"{_retrain_hint(path)}."
+            f"No MNIST classifier at {path}{packaged}: reinstall ddpm-core, pass --classifier PATH or set "
+            f"{CLASSIFIER_ENV} to a copy, or train one with {_retrain_hint(path)}."
         )
     try:
         tensors = load_file(str(path))
@@ -264,19 +275,26 @@ def load_classifier(path: str | Path | None = None, device: torch.device | str =
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ddpm_core.classifier --out PATH --epochs N``: train the judge and print its test accuracy."""
+    from ddpm_core.cli import check_output_file, positive_int, seed_int
+
     parser = argparse.ArgumentParser(
         prog="python -m ddpm_core.classifier", description="Train the MNIST classifier used to score samples."
     )
     parser.add_argument("--out", type=Path, required=True, help=f"weights file to write (the book's: {DEFAULT_PATH})")
-    parser.add_argument("--epochs", type=int, default=6, help="passes over the training set (default 6)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, data order and shifts (default 0)")
+    parser.add_argument("--epochs", type=positive_int, default=6, help="passes over the training set (default 6)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed for weights, data order and shifts (default 0)")
+    parser.add_argument("--force", action="store_true", help="replace an existing file at --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     try:
+        check_output_file(args.out, (".safetensors",), force=args.force, what="classifier weights")
         metadata = train_classifier(args.out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
     except DDPMError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"interrupted: nothing was written to {args.out}; run the same command again to train.", file=sys.stderr)
+        return 130
     print(
         f"wrote {args.out}: test accuracy {metadata['test_accuracy']:.4f} on {metadata['test_images']} images, "
         f"{metadata['wall_time_s']:.0f} s"

@@ -1,27 +1,72 @@
 """The command line: ``python -m ddpm_core {train,sample,evaluate} ...``.
 
 Bad arguments and unusable inputs print one paragraph saying what was wrong
-and how to fix it, and exit with status 2.
+and how to fix it, and exit with status 2; a model that produces NaN or inf
+exits with status 1; Ctrl-C prints one line saying what was saved and how to
+go on, and exits with status 130. Everything that can be checked before the
+work starts (numbers, output paths, the run lock) is checked first.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import shlex
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
-from ddpm_core.errors import DDPMError
+from ddpm_core.errors import DDPMError, DiskFullError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
+MAX_SEED = 2**32 - 1
+MAX_SAMPLES = 100_000  # 300 MB of float32 images; evaluate's metrics stay within a few GB
+DDIM_STEPS, DDIM_ETA = 50, 0.0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+_positive_int = positive_int
+
+
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED} (2**32 - 1), got {value}")
+    return value
+
+
+def _sample_count(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_SAMPLES:,} samples, got {value:,}; run the command several times with "
+            f"different --seed values for more"
+        )
+    return value
+
+
+def _finite_float(text: str, wanted: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {value} (not a finite number)")
     return value
 
 
@@ -36,12 +81,16 @@ def _non_negative_int(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
+    value = _finite_float(text, "a positive number")
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _finite_float(text, "a number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
 
 
@@ -65,14 +114,20 @@ def _resolution_list(text: str) -> tuple[int, ...]:
     return _int_list(text)
 
 
+def _optional(parse):
+    """An argparse type that also takes "none", for settings that can be switched off."""
+
+    def parse_or_none(text: str):
+        return None if text.strip().lower() == "none" else parse(text)
+
+    return parse_or_none
+
+
 def _fraction(strict: bool):
     """An argparse type for a number in [0, 1], or in (0, 1) when ``strict``."""
 
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+        value = _finite_float(text, "a number between 0 and 1")
         if strict and not 0.0 < value < 1.0:
             raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1 (e.g. 0.999), got {value}")
         if not 0.0 <= value <= 1.0:
@@ -99,61 +154,126 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train the UNet, with a checkpoint after every epoch")
-    train.add_argument("--epochs", type=_positive_int, default=15, help="total epochs (default 15)")
-    train.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default 128)")
-    train.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
+    from ddpm_core.training import TrainConfig
+    from ddpm_core.unet import UNetConfig
+
+    # The defaults are the book's recipe: TrainConfig() and UNetConfig().
+    tc, uc = TrainConfig(), UNetConfig()
+    train.add_argument("--epochs", type=_positive_int, default=tc.epochs, help="total epochs (default %(default)s)")
+    train.add_argument("--batch-size", type=_positive_int, default=tc.batch_size,
+                       help="images per step (default %(default)s)")
+    train.add_argument("--lr", type=_positive_float, default=tc.lr,
+                       help="Adam learning rate; the peak rate with --warmup-steps (default %(default)s)")
     train.add_argument("--out", type=Path, default=Path("runs/mnist"), help="output folder (default runs/mnist)")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    train.add_argument("--seed", type=int, default=0, help="seed for weights, data order and noise (default 0)")
+    train.add_argument("--seed", type=seed_int, default=tc.seed,
+                       help="seed for weights, data order and noise (default %(default)s)")
     train.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
     train.add_argument("--subset", type=_positive_int, default=None, help="train on the first N images only")
-    train.add_argument("--ema-decay", type=_decay, default=None, help="keep an EMA of the weights (e.g. 0.999)")
-    train.add_argument("--warmup-steps", type=_non_negative_int, default=0, help="linear warm-up steps (default 0)")
-    train.add_argument("--lr-decay", choices=("constant", "cosine"), default="constant",
-                       help="learning rate after the warm-up (default constant)")
-    train.add_argument("--grad-clip", type=_positive_float, default=None, help="clip the gradient norm (e.g. 1.0)")
-    train.add_argument("--ema-warmup", action="store_true", help="EMA decay min(decay, (1+n)/(10+n)) at step n")
-    train.add_argument("--loss-weighting", choices=("uniform", "min_snr"), default="uniform",
-                       help="uniform (L_simple) or min_snr (default uniform)")
-    train.add_argument("--min-snr-gamma", type=_positive_float, default=5.0, help="gamma of min_snr (default 5)")
-    train.add_argument("--channels", type=_width_list, default=None, help="widths at 28, 14 and 7, e.g. 32,32,48")
-    train.add_argument("--time-embed-dim", type=_positive_int, default=None, help="timestep embedding width")
-    train.add_argument("--attention", type=_resolution_list, default=None, help="attention resolutions, e.g. 7 or 7,14")
-    train.add_argument("--downsample", choices=("maxpool", "conv"), default=None, help="maxpool or conv")
-    train.add_argument("--zero-init", action="store_true", default=None, help="zero the last conv of each block")
+    train.add_argument("--ema-decay", type=_optional(_decay), default=tc.ema_decay,
+                       help="decay of the weights' moving average, or none (default %(default)s)")
+    train.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=tc.ema_warmup,
+                       help="EMA decay min(decay, (1+n)/(10+n)) at step n (default %(default)s)")
+    train.add_argument("--warmup-steps", type=_non_negative_int, default=tc.warmup_steps,
+                       help="linear learning-rate warm-up steps (default %(default)s)")
+    train.add_argument("--lr-decay", choices=("constant", "cosine"), default=tc.lr_decay,
+                       help="learning rate after the warm-up (default %(default)s)")
+    train.add_argument("--grad-clip", type=_optional(_positive_float), default=tc.grad_clip,
+                       help="clip the gradients' norm to this, or none (default %(default)s)")
+    train.add_argument("--loss-weighting", choices=("uniform", "min_snr"), default=tc.loss_weighting,
+                       help="uniform (L_simple) or min_snr (default %(default)s)")
+    train.add_argument("--min-snr-gamma", type=_positive_float, default=tc.min_snr_gamma,
+                       help="gamma of min_snr (default %(default)s)")
+    train.add_argument("--channels", type=_width_list, default=uc.channels,
+                       help="widths at 28, 14 and 7 pixels, e.g. 32,32,48 (default %(default)s)")
+    train.add_argument("--time-embed-dim", type=_positive_int, default=uc.time_embed_dim,
+                       help="timestep embedding width (default %(default)s)")
+    train.add_argument("--attention", type=_resolution_list, default=uc.attention,
+                       help="resolutions with self-attention, e.g. 7 or 7,14, or none (default %(default)s)")
+    train.add_argument("--downsample", choices=("maxpool", "conv"), default=uc.downsample,
+                       help="maxpool or conv (default %(default)s)")
+    train.add_argument("--zero-init", action=argparse.BooleanOptionalAction, default=uc.zero_init,
+                       help="zero the last convolution of each block (default %(default)s)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     samp = commands.add_parser("sample", help="generate digits from a checkpoint")
     samp.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors or a training folder")
-    samp.add_argument("--num-samples", type=_positive_int, default=32, help="number of images (default 32)")
-    samp.add_argument("--seed", type=int, default=0, help="sample i uses seed S+i (default 0)")
+    samp.add_argument("--num-samples", type=_sample_count, default=32, help="number of images (default 32)")
+    samp.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed S+i (default 0)")
     samp.add_argument("--out", type=Path, required=True, help="output file: .png (a grid) or .npy (uint8 N x 28 x 28)")
     samp.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (1000 steps) or ddim")
-    samp.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps, 1..T (default 50)")
-    samp.add_argument("--eta", type=_unit_interval, default=0.0, help="DDIM stochasticity, 0..1 (default 0)")
+    samp.add_argument("--steps", type=_positive_int, default=None, help="DDIM steps, 1..T (default 50)")
+    samp.add_argument("--eta", type=_unit_interval, default=None, help="DDIM stochasticity, 0..1 (default 0)")
     samp.add_argument("--variance", choices=("beta", "posterior"), default="beta", help="sigma_t^2 (default beta)")
-    samp.add_argument("--noise-scale", type=float, default=1.0, help="scale of the fresh noise (default 1.0)")
+    samp.add_argument("--noise-scale", type=_non_negative_float, default=1.0,
+                      help="scale of the fresh noise (default 1.0)")
     samp.add_argument("--ema", action="store_true", help="use the EMA weights")
     samp.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
     samp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate = commands.add_parser("evaluate", help="sample from a checkpoint and print quality metrics")
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors or a training folder")
-    evaluate.add_argument("--num-samples", type=_positive_int, default=1000, help="number of samples (default 1000)")
-    evaluate.add_argument("--seed", type=int, default=0, help="sample i uses seed S+i (default 0)")
+    evaluate.add_argument("--num-samples", type=_sample_count, default=1000, help="number of samples (default 1000)")
+    evaluate.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed S+i (default 0)")
     evaluate.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (1000 steps) or ddim")
-    evaluate.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
-    evaluate.add_argument("--eta", type=_unit_interval, default=0.0, help="DDIM stochasticity (default 0)")
+    evaluate.add_argument("--steps", type=_positive_int, default=None, help="DDIM steps (default 50)")
+    evaluate.add_argument("--eta", type=_unit_interval, default=None, help="DDIM stochasticity (default 0)")
     evaluate.add_argument("--ema", action="store_true", help="use the EMA weights")
-    evaluate.add_argument("--classifier", type=Path, default=None, help="judge weights (default: the committed ones)")
+    evaluate.add_argument("--classifier", type=Path, default=None, help="judge weights (default: the packaged ones)")
     evaluate.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def check_writable(path: Path) -> None:
+    """Refuse an output file path that is a folder or lies in a place that cannot be written, before any work."""
+    if path.is_dir():
+        raise DDPMError(f"The output {path} is a folder; pass a file name inside it, such as {path / 'samples.png'}.")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DDPMError(f"Cannot write {path}: {ancestor} is a file, not a folder. Choose another output path.")
+    try:  # a real write: permission bits say nothing for root or on a read-only mount
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as error:
+        raise DDPMError(
+            f"Cannot write {path}: {ancestor} is not writable ({error.strerror}). Choose another output path."
+        ) from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise DDPMError(f"Cannot write {path}: the file there is read-only. Choose another output path.")
+
+
+def check_output_file(path: Path, suffixes: tuple[str, ...], force: bool, what: str) -> None:
+    """Refuse to replace an existing file unless ``force``; then check that ``path`` can be written."""
+    if path.suffix.lower() not in suffixes:
+        raise DDPMError(f"The {what} file {path} should end in {' or '.join(suffixes)}.")
+    if path.is_file() and not force:
+        raise DDPMError(
+            f"{path} already exists; nothing was overwritten. Choose a new --out path, or pass --force to "
+            f"replace that file."
+        )
+    check_writable(path)
+
+
+def _ddim_options(args: argparse.Namespace) -> None:
+    """Refuse --steps and --eta without --sampler ddim (the DDPM sampler always runs all T steps); fill defaults."""
+    given = [flag for flag, value in (("--steps", args.steps), ("--eta", args.eta)) if value is not None]
+    if given and args.sampler != "ddim":
+        verb = "apply" if len(given) > 1 else "applies"
+        raise DDPMError(
+            f"{' and '.join(given)} {verb} only to the DDIM sampler, but --sampler is {args.sampler}, which runs all "
+            f"of the schedule's steps. Add --sampler ddim, or drop {' and '.join(given)}."
+        )
+    args.steps = DDIM_STEPS if args.steps is None else args.steps
+    args.eta = DDIM_ETA if args.eta is None else args.eta
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ddpm_core.evaluation import evaluate_checkpoint
     from ddpm_core.metrics import format_metrics_table
 
+    _ddim_options(args)
     result = evaluate_checkpoint(
         args.checkpoint,
         num_samples=args.num_samples,
@@ -167,14 +287,30 @@ def _evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(format_metrics_table([result]))
-    print(f"sampling took {result['sampling_seconds']:.1f} s; Frechet distance against the first "
+    print(f"sampling took {result['sampling_seconds']:.1f} s; Frechet distance against a fixed random set of "
           f"{result['num_real']} MNIST test images; NN: distance to the nearest of the 60,000 training images")
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+def _saved_epoch(out_dir: Path) -> int | None:
+    """The epoch that ``--resume`` would continue from in ``out_dir``, or None if there is none."""
+    from ddpm_core.checkpoint import load_resume_state
+    from ddpm_core.training import RESUME_FILE
+
+    try:
+        return int(load_resume_state(out_dir / RESUME_FILE)["epoch"])
+    except (OSError, DDPMError):
+        return None
+
+
+def _resume_command(argv: list[str]) -> str:
+    return shlex.join(["python", "-m", "ddpm_core", *argv, *([] if "--resume" in argv else ["--resume"])])
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
     import dataclasses
 
+    from ddpm_core.checkpoint import check_model_config
     from ddpm_core.training import TrainConfig, train
     from ddpm_core.unet import UNetConfig
 
@@ -192,15 +328,23 @@ def _train(args: argparse.Namespace) -> int:
         loss_weighting=args.loss_weighting,
         min_snr_gamma=args.min_snr_gamma,
     )
-    changes = {"channels": args.channels, "time_embed_dim": args.time_embed_dim, "attention": args.attention,
-               "downsample": args.downsample, "zero_init": args.zero_init}
     try:
-        model_config = dataclasses.replace(UNetConfig(), **{k: v for k, v in changes.items() if v is not None})
-        model_config.validate()
+        model_config = dataclasses.replace(UNetConfig(), channels=args.channels, time_embed_dim=args.time_embed_dim,
+                                           attention=args.attention, downsample=args.downsample,
+                                           zero_init=args.zero_init)
+        check_model_config(model_config)
     except ValueError as error:
         raise DDPMError(f"Unusable architecture options: {error}") from None
-    result = train(args.out, config, model_config, resume=args.resume, device=args.device,
-                   progress=not args.no_progress)
+    try:
+        result = train(args.out, config, model_config, resume=args.resume, device=args.device,
+                       progress=not args.no_progress)
+    except DiskFullError as error:
+        epoch = _saved_epoch(args.out)
+        kept = f"epoch {epoch}" if epoch is not None else "no finished epoch yet"
+        raise DDPMError(
+            f"The disk is full: {error} The run's last checkpoint in {args.out} ({kept}) is intact. Free at "
+            f"least {error.needed_bytes / 1e6:.1f} MB there, then continue with `{_resume_command(argv)}`."
+        ) from None
     if args.no_progress:  # the bar's per-epoch lines were off: list the epochs here
         for epoch, loss in enumerate(result.loss_history, start=1):
             print(f"epoch {epoch}/{config.epochs}: mean loss {loss:.4f}")
@@ -214,7 +358,7 @@ def _train(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ddpm_core.checkpoint import load_checkpoint
+    from ddpm_core.checkpoint import check_finite_samples, load_checkpoint
     from ddpm_core.data import to_uint8
     from ddpm_core.ddim import ddim_sample
     from ddpm_core.device import resolve_device
@@ -227,8 +371,8 @@ def _sample(args: argparse.Namespace) -> int:
             f"Unknown output extension {args.out.suffix!r} for {args.out}: use .png for an image grid or .npy for "
             f"a uint8 array of shape (N, 28, 28)."
         )
-    if args.noise_scale < 0:
-        raise DDPMError(f"--noise-scale must be >= 0, got {args.noise_scale}.")
+    check_writable(args.out)
+    _ddim_options(args)
     loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), use_ema=args.ema)
     if args.sampler == "ddim":
         images, _ = ddim_sample(loaded.model, loaded.schedule, num_samples=args.num_samples, seed=args.seed,
@@ -243,6 +387,7 @@ def _sample(args: argparse.Namespace) -> int:
             noise_scale=args.noise_scale,
             progress=not args.no_progress,
         )
+    check_finite_samples(images, loaded.path)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npy":
         np.save(args.out, to_uint8(images)[:, 0].numpy())
@@ -252,15 +397,49 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupted(args: argparse.Namespace, argv: list[str]) -> str:
+    """The one line printed on Ctrl-C: what is on disk and how to go on."""
+    if args.command == "train":
+        epoch = _saved_epoch(args.out)
+        if epoch is None:
+            return (f"interrupted before the first epoch was saved: nothing was saved in {args.out}; "
+                    f"start again with `{shlex.join(['python', '-m', 'ddpm_core', *argv])}`")
+        return (f"interrupted: epoch {epoch} of {args.epochs} is saved in {args.out}; "
+                f"continue with `{_resume_command(argv)}`")
+    if args.command == "sample":
+        return (f"interrupted: nothing was written to {args.out}; run the same command again "
+                f"(the same --seed gives the same samples)")
+    return "interrupted: nothing was written; run the same command again to evaluate"
+
+
+def _close_progress_bars() -> None:
+    """Clear the bars an interrupted loop left open, so the message starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "evaluate":
-            return _evaluate(args)
-        return _sample(args)
-    except DDPMError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            if args.command == "train":
+                return _train(args, argv)
+            if args.command == "evaluate":
+                return _evaluate(args)
+            return _sample(args)
+        except DDPMError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return error.exit_code
+        except KeyboardInterrupt:
+            _close_progress_bars()
+            print(_interrupted(args, argv), file=sys.stderr)
+            return EXIT_INTERRUPTED

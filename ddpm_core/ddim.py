@@ -29,10 +29,12 @@ rounded to the nearest integer (halves up), so tau_S = T and tau_1 = 1 always
 (S = 1 visits T only). Consecutive values differ by (T - 1) / (S - 1) >= 1 before rounding,
 so the S timesteps are distinct, and S = T visits every timestep.
 
-Seeds work as in ``ddpm_core.sampling.sample``: every sample has its own
-``torch.Generator``, whose first draw is x_T (the same x_T that ``sample``
-starts from for that seed) and whose later draws are the fresh z, so a sample
-does not depend on its batch and the two samplers can be compared seed by seed.
+Seeds work as in ``ddpm_core.sampling.sample``, through the same ``SeedBatches``:
+every sample has its own ``torch.Generator``, whose first draw is x_T (the same
+x_T that ``sample`` starts from for that seed) and whose later draws are the
+fresh z, so a sample does not depend on its batch and the two samplers can be
+compared seed by seed. ``ddim_step`` sits beside ``sampling.ddpm_step``: one
+reverse step each, eps_theta in, the earlier x out.
 """
 
 from __future__ import annotations
@@ -42,13 +44,10 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from ddpm_core.device import keep_freed_memory
 from ddpm_core.errors import DDPMError
-from ddpm_core.sampling import Trajectory, _capture_set, _noise, _seed_list
+from ddpm_core.sampling import NoisePredictor, SeedBatches, Trajectory, prepare_model
 from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.unet import UNet
 
 
 def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
@@ -111,25 +110,31 @@ def ddim_step(
     """
     if not 0 <= t_prev < t <= schedule.num_steps:
         raise DDPMError(f"A DDIM step needs 0 <= t_prev < t <= {schedule.num_steps}, got t={t}, t_prev={t_prev}.")
+    # 1. alpha_bar at the previous timestep, alpha_bar_0 = 1
     alpha_bar_prev = _alpha_bar(schedule, t_prev)
+    # 2. sigma of the step: Song et al. 2021, eq. (16), scaled by eta
     sigma = ddim_sigma(schedule, t, t_prev, eta)
-    x0_pred = schedule.predict_x0(xt, t, eps_pred)  # Song et al. 2021, eq. (12), "predicted x_0"
-    # Clamped at 0: for eta = 1 the radicand is >= 0 exactly but can round to -1e-9.
-    direction = max(1.0 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps_pred  # "direction pointing to x_t"
-    x_prev = alpha_bar_prev**0.5 * x0_pred + direction  # Song et al. 2021, eq. (12)
+    # 3. the "predicted x_0" of eq. (12): eq. (4) of Ho et al. 2020 solved for x_0
+    x0_pred = schedule.predict_x0(xt, t, eps_pred)
+    # 4. the "direction pointing to x_t" of eq. (12); clamped at 0, since for eta = 1
+    #    the radicand is >= 0 exactly but can round to -1e-9
+    direction = max(1.0 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps_pred
+    # 5. x_{t_prev} without its noise: eq. (12)
+    x_prev = alpha_bar_prev**0.5 * x0_pred + direction
     if sigma > 0:
         if noise is None:
             raise DDPMError(
                 f"The DDIM step t={t} -> {t_prev} with eta={eta} has sigma={sigma:.3g} > 0 and needs noise z; "
                 f"pass noise=torch.randn_like(xt), or eta=0 for the deterministic sampler."
             )
-        x_prev = x_prev + sigma * noise  # "random noise"
+        # 6. the "random noise" sigma z of eq. (12)
+        x_prev = x_prev + sigma * noise
     return x_prev, x0_pred
 
 
 @torch.no_grad()
 def ddim_sample(
-    model: UNet,
+    model: NoisePredictor,
     schedule: NoiseSchedule,
     num_samples: int | None = None,
     seed: int = 0,
@@ -139,11 +144,13 @@ def ddim_sample(
     capture: Iterable[int] | None = None,
     progress: bool = True,
     batch_size: int = 64,
+    image_shape: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, Trajectory | None]:
     """Generate images with DDIM in ``steps`` network evaluations.
 
     Args:
-        model: a trained eps_theta; it is put in eval mode and used on its own device.
+        model: a trained eps_theta, called as ``model(x, t)``; a module is put in eval mode and
+            used on its own device.
         schedule: the schedule the model was trained with.
         num_samples: how many images; sample i uses seed ``seed + i``.
         seed: the first seed (when ``seeds`` is not given).
@@ -155,61 +162,46 @@ def ddim_sample(
             any other raises DDPMError.
         progress: show a tqdm progress bar over the steps.
         batch_size: samples denoised together; the result does not depend on it.
+        image_shape: (C, H, W) of one image; default (C, 28, 28), C from a UNet's config, else 1.
 
     Returns:
         The samples x_0, (N, C, H, W), not clipped, and the trajectory (None if nothing captured).
     """
     taus = ddim_timesteps(schedule.num_steps, steps)
+    _check_eta(eta)
+    device, image_shape = prepare_model(model, image_shape)
+    batches = SeedBatches(num_samples, seed, seeds, capture, schedule.num_steps, image_shape, device,
+                          batch_size=batch_size, progress=progress, desc="DDIM sampling",
+                          steps_per_batch=len(taus))
+    _check_capture(batches.captured, taus, steps, schedule.num_steps)
+    for batch in batches:
+        x = batch.noise()  # x_T ~ N(0, I), the first draw as in sample()
+        for t, t_prev in zip(taus, taus[1:] + [0], strict=True):
+            eps_pred = model(x, batch.timestep(t))
+            # Fresh z only when sigma > 0, so eta = 0 draws nothing after x_T.
+            noise = batch.noise() if ddim_sigma(schedule, t, t_prev, eta) > 0 else None
+            x_prev, x0_pred = ddim_step(schedule, x, eps_pred, t, t_prev, eta, noise)
+            if batch.captures(t):
+                batch.record(t, x, x0_pred)
+            x = x_prev
+            batch.advance()
+        batch.finish(x)
+    return batches.result()
+
+
+def _check_eta(eta: float) -> None:
     if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
         raise DDPMError(
             f"eta must be a number from 0 to 1 (0: deterministic DDIM, 1: as much noise as the ancestral "
             f"sampler), got {eta!r}."
         )
-    if batch_size < 1:
-        raise DDPMError(f"batch_size must be a positive integer, got {batch_size}.")
-    seed_list = _seed_list(num_samples, seed, seeds)
-    captured = _capture_set(capture, schedule.num_steps)
+
+
+def _check_capture(captured: list[int], taus: list[int], steps: int, num_steps: int) -> None:
     missed = [t for t in captured if t != 0 and t not in taus]
     if missed:
         raise DDPMError(
             f"DDIM with steps={steps} never visits timesteps {missed[:5]}, so they cannot be captured. "
-            f"Capture only visited timesteps (ddim_timesteps({schedule.num_steps}, {steps}) = "
+            f"Capture only visited timesteps (ddim_timesteps({num_steps}, {steps}) = "
             f"{taus[:5]}...{taus[-3:]}) or 0, or use the ancestral sampler to capture any timestep."
         )
-    model.eval()
-    device = next(model.parameters()).device
-    if device.type == "cpu":
-        keep_freed_memory()  # a quarter of each CPU step is page faults otherwise
-    shape = (model.config.image_channels, 28, 28)
-
-    outputs, xt_frames, x0_frames = [], [], []
-    num_batches = -(-len(seed_list) // batch_size)
-    bar = tqdm(total=len(taus) * num_batches, desc="DDIM sampling", unit="step", disable=not progress, leave=False)
-    for start in range(0, len(seed_list), batch_size):
-        batch_seeds = seed_list[start : start + batch_size]
-        generators = [torch.Generator().manual_seed(s) for s in batch_seeds]
-        x = _noise(generators, shape).to(device)  # x_T ~ N(0, I), the first draw as in sample()
-        snapshots_xt, snapshots_x0 = {}, {}
-        for t, t_prev in zip(taus, taus[1:] + [0], strict=True):
-            t_batch = torch.full((len(batch_seeds),), t, device=device, dtype=torch.long)
-            eps_pred = model(x, t_batch)
-            # Fresh z only when sigma > 0, so eta = 0 draws nothing after x_T.
-            noise = _noise(generators, shape).to(device) if ddim_sigma(schedule, t, t_prev, eta) > 0 else None
-            x_prev, x0_pred = ddim_step(schedule, x, eps_pred, t, t_prev, eta, noise)
-            if t in captured:
-                snapshots_xt[t] = x.cpu()
-                snapshots_x0[t] = x0_pred.cpu()
-            x = x_prev
-            bar.update()
-        if 0 in captured:
-            snapshots_xt[0] = x.cpu()
-            snapshots_x0[0] = x.cpu()
-        outputs.append(x.cpu())
-        if captured:
-            xt_frames.append(torch.stack([snapshots_xt[t] for t in captured]))
-            x0_frames.append(torch.stack([snapshots_x0[t] for t in captured]))
-    bar.close()
-    samples = torch.cat(outputs)
-    if not captured:
-        return samples, None
-    return samples, Trajectory(timesteps=captured, xt=torch.cat(xt_frames, dim=1), x0_pred=torch.cat(x0_frames, dim=1))

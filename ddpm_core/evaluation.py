@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ddpm_core.checkpoint import LoadedModel, load_checkpoint
+from ddpm_core.checkpoint import LoadedModel, check_finite_samples, load_checkpoint
 from ddpm_core.classifier import load_classifier
 from ddpm_core.data import load_mnist
 from ddpm_core.ddim import ddim_sample
@@ -70,8 +70,41 @@ def evaluate_checkpoint(
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), use_ema=use_ema)
     classifier = load_classifier(classifier_path)
     images, _, seconds = generate(loaded, num_samples, seed, sampler, steps, eta, progress=progress)
+    check_finite_samples(images, loaded.path)  # NaN would crash the Frechet distance's matrix square root
     test_images, _ = load_mnist(train=False)
     train_images, _ = load_mnist(train=True)
     metrics = evaluate_samples(images.cpu(), test_images, train_images, classifier)
     name = "DDPM-1000" if sampler == "ddpm" else f"DDIM-{steps} eta={eta:g}"
     return {"name": name + (" EMA" if use_ema else ""), "sampling_seconds": seconds, **metrics}
+
+
+def loss_by_timestep(
+    model: Any,
+    schedule: Any,
+    images: Tensor,
+    timesteps: list[int],
+    seed: int = 0,
+    batch_size: int = 500,
+) -> list[float]:
+    """The held-out L_simple at each of ``timesteps``: mean over ``images`` of ||eps - eps_theta(x_t, t)||^2 per pixel.
+
+    Every timestep sees the same images and the same noise (drawn once from ``seed``), so two
+    models, or two timesteps, are compared on equal terms.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+    model.eval()
+    result = []
+    with torch.no_grad():
+        for t in timesteps:
+            total = 0.0
+            for start in range(0, len(images), batch_size):
+                x0 = images[start : start + batch_size].to(device)
+                eps = noise[start : start + batch_size].to(device)
+                t_batch = torch.full((x0.shape[0],), t, device=device)
+                eps_pred = model(schedule.q_sample(x0, t_batch, eps), t_batch)
+                total += (eps_pred - eps).square().mean(dim=(1, 2, 3)).sum().item()
+            result.append(total / len(images))
+    return result

@@ -6,26 +6,32 @@
         x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) + sigma_t z
     return x_0
 
+``ddpm_step`` is one line 4 of that loop; ``sample`` runs the loop. The model can be
+any noise predictor called as ``model(x, t)``: a ``UNet``, or a function written by hand.
+
 Every sample has its own seed: its starting noise and every fresh z come from
 a ``torch.Generator`` seeded with it, so a sample does not depend on which
 other samples share its batch, and the same seed gives the same digit.
+``SeedBatches`` does that bookkeeping (and the recording of a ``Trajectory``)
+for this sampler and for DDIM's (``ddpm_core.ddim``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ddpm_core.device import keep_freed_memory
 from ddpm_core.errors import DDPMError
 from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.unet import UNet
 
 VARIANCES = ("beta", "posterior")
+MNIST_SHAPE = (1, 28, 28)
+NoisePredictor = Callable[[Tensor, Tensor], Tensor]  # eps_theta: (x_t (B, C, H, W), t (B,)) -> eps (B, C, H, W)
 
 
 @dataclass
@@ -47,6 +53,229 @@ class Trajectory:
         return self.timesteps.index(t)
 
 
+def ddpm_step(
+    schedule: NoiseSchedule,
+    xt: Tensor,
+    eps_pred: Tensor,
+    t: int,
+    noise: Tensor | None = None,
+    variance: str = "beta",
+    noise_scale: float = 1.0,
+) -> Tensor:
+    """One ancestral step x_t -> x_{t-1}: line 4 of Ho et al. 2020, Algorithm 2.
+
+    Args:
+        schedule: the schedule the model was trained with.
+        xt: the batch x_t, (B, C, H, W).
+        eps_pred: eps_theta(x_t, t) for that batch.
+        t: the current timestep, 1..T.
+        noise: z ~ N(0, I) shaped like ``xt``; needed for t > 1 unless ``noise_scale`` is 0.
+        variance: sigma_t^2 = beta_t ("beta") or the posterior variance beta_tilde_t ("posterior").
+        noise_scale: multiplies z; 1.0 is Algorithm 2, 0.0 removes the fresh noise.
+
+    Returns:
+        x_{t-1}, (B, C, H, W).
+    """
+    # 1. alpha_t = 1 - beta_t and alpha_bar_t = alpha_1 ... alpha_t (Ho et al. 2020, eq. (4))
+    alpha = schedule.alphas[t - 1].item()
+    beta = schedule.betas[t - 1].item()
+    alpha_bar = schedule.alpha_bars[t - 1].item()
+    # 2. the mean of p_theta(x_{t-1} | x_t), the posterior mean written with eps_theta: eq. (11)
+    x_prev = (xt - beta / (1.0 - alpha_bar) ** 0.5 * eps_pred) / alpha**0.5
+    if t == 1 or noise_scale == 0:
+        return x_prev  # Algorithm 2, line 3: z = 0 at the last step
+    # 3. sigma_t^2 = beta_t, or beta_tilde_t of eq. (7); sec. 3.2 finds both work
+    sigmas_sq = schedule.betas if variance == "beta" else schedule.posterior_variance
+    sigma = sigmas_sq[t - 1].item() ** 0.5
+    if noise is None:
+        raise DDPMError(f"The DDPM step at t={t} adds sigma_t z and needs noise z; pass noise=torch.randn_like(xt).")
+    # 4. add the fresh noise sigma_t z: Algorithm 2, line 4
+    return x_prev + noise_scale * sigma * noise
+
+
+@torch.no_grad()
+def sample(
+    model: NoisePredictor,
+    schedule: NoiseSchedule,
+    num_samples: int | None = None,
+    seed: int = 0,
+    seeds: Sequence[int] | None = None,
+    variance: str = "beta",
+    noise_scale: float = 1.0,
+    capture: Iterable[int] | None = None,
+    progress: bool = True,
+    batch_size: int = 64,
+    image_shape: tuple[int, ...] | None = None,
+) -> tuple[Tensor, Trajectory | None]:
+    """Generate images with the full T-step ancestral sampler.
+
+    Args:
+        model: a trained eps_theta, called as ``model(x, t)``; a module is put in eval mode and
+            used on its own device.
+        schedule: the schedule the model was trained with.
+        num_samples: how many images; sample i uses seed ``seed + i``.
+        seed: the first seed (when ``seeds`` is not given).
+        seeds: one seed per sample, overriding ``num_samples`` and ``seed``.
+        variance: sigma_t^2 = beta_t ("beta") or the posterior variance beta_tilde_t ("posterior"),
+            the two choices of Ho et al. 2020, sec. 3.2.
+        noise_scale: multiplies the fresh noise z; 1.0 is Algorithm 2, 0.0 removes it.
+        capture: timesteps (0..T) at which to record x_t and the predicted x_0.
+        progress: show a tqdm progress bar over the T steps.
+        batch_size: samples denoised together; the result does not depend on it.
+        image_shape: (C, H, W) of one image; default (C, 28, 28), C from a UNet's config, else 1.
+
+    Returns:
+        The samples x_0, (N, C, H, W), not clipped, and the trajectory (None if nothing captured).
+    """
+    _check_ddpm_arguments(variance, noise_scale)
+    device, image_shape = prepare_model(model, image_shape)
+    batches = SeedBatches(num_samples, seed, seeds, capture, schedule.num_steps, image_shape, device,
+                          batch_size=batch_size, progress=progress)
+    for batch in batches:
+        x = batch.noise()  # Algorithm 2, line 1: x_T ~ N(0, I)
+        for t in range(schedule.num_steps, 0, -1):  # line 2
+            eps_pred = model(x, batch.timestep(t))
+            if batch.captures(t):
+                batch.record(t, x, schedule.predict_x0(x, t, eps_pred))
+            z = batch.noise() if t > 1 and noise_scale > 0 else None  # line 3
+            x = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # line 4
+            batch.advance()
+        batch.finish(x)  # line 6: x_0
+    return batches.result()
+
+
+def _check_ddpm_arguments(variance: str, noise_scale: float) -> None:
+    if variance not in VARIANCES:
+        raise DDPMError(f"variance must be one of {VARIANCES}, got {variance!r}.")
+    if noise_scale < 0:
+        raise DDPMError(f"noise_scale must be >= 0, got {noise_scale}.")
+
+
+def prepare_model(model: NoisePredictor, image_shape: tuple[int, ...] | None = None) -> tuple[torch.device, tuple]:
+    """Get a noise predictor ready to sample: eval mode for a module, its device and the image shape.
+
+    The device is that of the module's first parameter or buffer (the CPU for a plain function).
+    The image shape defaults to (C, 28, 28), with C the ``image_channels`` of a UNet's config, else 1.
+    """
+    device = torch.device("cpu")
+    if isinstance(model, nn.Module):
+        model.eval()
+        tensor = next(iter(model.parameters()), None)
+        tensor = tensor if tensor is not None else next(iter(model.buffers()), None)
+        device = tensor.device if tensor is not None else device
+    if image_shape is None:
+        config = getattr(model, "config", None)
+        image_shape = (getattr(config, "image_channels", MNIST_SHAPE[0]), *MNIST_SHAPE[1:])
+    if device.type == "cpu":
+        keep_freed_memory()  # a quarter of each CPU step is page faults otherwise
+    return device, tuple(image_shape)
+
+
+class SeedBatch:
+    """One batch of seeds inside ``SeedBatches``: its noise draws and its trajectory snapshots."""
+
+    def __init__(self, batches: SeedBatches, seeds: list[int]) -> None:
+        self._batches = batches
+        self.seeds = seeds
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.snapshots_xt: dict[int, Tensor] = {}
+        self.snapshots_x0: dict[int, Tensor] = {}
+
+    def noise(self) -> Tensor:
+        """The next N(0, I) draw of every seed's generator, (B, C, H, W): the first is x_T, later ones z."""
+        draws = [torch.randn(self._batches.image_shape, generator=g) for g in self.generators]
+        return torch.stack(draws).to(self._batches.device)
+
+    def timestep(self, t: int) -> Tensor:
+        """t for every image of the batch, (B,), as the model takes it."""
+        return torch.full((len(self.seeds),), t, device=self._batches.device, dtype=torch.long)
+
+    def captures(self, t: int) -> bool:
+        return t in self._batches.captured
+
+    def record(self, t: int, xt: Tensor, x0_pred: Tensor) -> None:
+        """Keep x_t and the predicted x_0 at a captured timestep t."""
+        self.snapshots_xt[t] = xt.cpu()
+        self.snapshots_x0[t] = x0_pred.cpu()
+
+    def advance(self) -> None:
+        """Count one finished step on the progress bar."""
+        self._batches.bar.update()
+
+    def finish(self, x0: Tensor) -> None:
+        """Hand in the batch's samples; at t = 0 the state and its prediction are both the sample."""
+        if self.captures(0):
+            self.record(0, x0, x0)
+        self._batches.collect(self, x0.cpu())
+
+
+class SeedBatches:
+    """Per-seed batching and trajectory recording, shared by ``sample`` and ``ddim.ddim_sample``.
+
+    Iterating yields one ``SeedBatch`` per ``batch_size`` seeds; a sampler draws its noise from the
+    batch (``noise``), records the captured timesteps (``record``) and hands in its samples
+    (``finish``); ``result`` then returns all samples and the trajectory, in seed order.
+
+    Args:
+        num_samples, seed, seeds: which seeds, as for ``sample``.
+        capture: timesteps (0..T) to record.
+        num_steps: T, the length of the schedule.
+        image_shape: (C, H, W) of one image.
+        device: where the sampler computes.
+        batch_size: seeds per batch.
+        progress: show a tqdm progress bar.
+        desc: its label.
+        steps_per_batch: network calls per batch, for the progress bar (default T).
+    """
+
+    def __init__(
+        self,
+        num_samples: int | None,
+        seed: int,
+        seeds: Sequence[int] | None,
+        capture: Iterable[int] | None,
+        num_steps: int,
+        image_shape: tuple[int, ...],
+        device: torch.device,
+        batch_size: int = 64,
+        progress: bool = True,
+        desc: str = "sampling",
+        steps_per_batch: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise DDPMError(f"batch_size must be a positive integer, got {batch_size}.")
+        self.seeds = _seed_list(num_samples, seed, seeds)
+        self.captured = _capture_list(capture, num_steps)
+        self.image_shape = tuple(image_shape)
+        self.device = device
+        self.batch_size = batch_size
+        num_batches = -(-len(self.seeds) // batch_size)
+        total = (steps_per_batch or num_steps) * num_batches
+        self.bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+        self._outputs: list[Tensor] = []
+        self._xt_frames: list[Tensor] = []
+        self._x0_frames: list[Tensor] = []
+
+    def __iter__(self) -> Iterator[SeedBatch]:
+        for start in range(0, len(self.seeds), self.batch_size):
+            yield SeedBatch(self, self.seeds[start : start + self.batch_size])
+        self.bar.close()
+
+    def collect(self, batch: SeedBatch, samples: Tensor) -> None:
+        self._outputs.append(samples)
+        if self.captured:
+            self._xt_frames.append(torch.stack([batch.snapshots_xt[t] for t in self.captured]))
+            self._x0_frames.append(torch.stack([batch.snapshots_x0[t] for t in self.captured]))
+
+    def result(self) -> tuple[Tensor, Trajectory | None]:
+        """The samples (N, C, H, W) and the trajectory (None if nothing was captured)."""
+        samples = torch.cat(self._outputs)
+        if not self.captured:
+            return samples, None
+        xt, x0_pred = torch.cat(self._xt_frames, dim=1), torch.cat(self._x0_frames, dim=1)
+        return samples, Trajectory(timesteps=self.captured, xt=xt, x0_pred=x0_pred)
+
+
 def _seed_list(num_samples: int | None, seed: int, seeds: Sequence[int] | None) -> list[int]:
     if seeds is not None:
         seeds = [int(s) for s in seeds]
@@ -58,97 +287,10 @@ def _seed_list(num_samples: int | None, seed: int, seeds: Sequence[int] | None) 
     return list(range(seed, seed + num_samples))
 
 
-def _noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> Tensor:
-    return torch.stack([torch.randn(shape, generator=g) for g in generators])
-
-
-def _capture_set(capture: Iterable[int] | None, num_steps: int) -> list[int]:
+def _capture_list(capture: Iterable[int] | None, num_steps: int) -> list[int]:
     if capture is None:
         return []
-    steps = sorted({int(t) for t in capture}, reverse=True)
-    if steps and (steps[0] > num_steps or steps[-1] < 0):
-        raise DDPMError(f"Captured timesteps must lie in 0..{num_steps}, got {steps[-1]}..{steps[0]}.")
-    return steps
-
-
-@torch.no_grad()
-def sample(
-    model: UNet,
-    schedule: NoiseSchedule,
-    num_samples: int | None = None,
-    seed: int = 0,
-    seeds: Sequence[int] | None = None,
-    variance: str = "beta",
-    noise_scale: float = 1.0,
-    capture: Iterable[int] | None = None,
-    progress: bool = True,
-    batch_size: int = 64,
-) -> tuple[Tensor, Trajectory | None]:
-    """Generate images with the full T-step ancestral sampler.
-
-    Args:
-        model: a trained eps_theta; it is put in eval mode and used on its own device.
-        schedule: the schedule the model was trained with.
-        num_samples: how many images; sample i uses seed ``seed + i``.
-        seed: the first seed (when ``seeds`` is not given).
-        seeds: one seed per sample, overriding ``num_samples`` and ``seed``.
-        variance: sigma_t^2 = beta_t ("beta") or the posterior variance beta_tilde_t ("posterior"),
-            the two choices of Ho et al. 2020, sec. 3.2.
-        noise_scale: multiplies the fresh noise z; 1.0 is Algorithm 2, 0.0 removes it.
-        capture: timesteps (0..T) at which to record x_t and the predicted x_0.
-        progress: show a tqdm progress bar over the T steps.
-        batch_size: samples denoised together; the result does not depend on it.
-
-    Returns:
-        The samples x_0, (N, C, H, W), not clipped, and the trajectory (None if nothing captured).
-    """
-    if variance not in VARIANCES:
-        raise DDPMError(f"variance must be one of {VARIANCES}, got {variance!r}.")
-    if noise_scale < 0:
-        raise DDPMError(f"noise_scale must be >= 0, got {noise_scale}.")
-    if batch_size < 1:
-        raise DDPMError(f"batch_size must be a positive integer, got {batch_size}.")
-    seed_list = _seed_list(num_samples, seed, seeds)
-    steps = _capture_set(capture, schedule.num_steps)
-    model.eval()
-    device = next(model.parameters()).device
-    if device.type == "cpu":
-        keep_freed_memory()  # a quarter of each CPU step is page faults otherwise
-    shape = (model.config.image_channels, 28, 28)
-    sigmas_sq = schedule.betas if variance == "beta" else schedule.posterior_variance
-
-    outputs, xt_frames, x0_frames = [], [], []
-    num_batches = -(-len(seed_list) // batch_size)
-    bar = tqdm(total=schedule.num_steps * num_batches, desc="sampling", unit="step", disable=not progress, leave=False)
-    for start in range(0, len(seed_list), batch_size):
-        batch_seeds = seed_list[start : start + batch_size]
-        generators = [torch.Generator().manual_seed(s) for s in batch_seeds]
-        x = _noise(generators, shape).to(device)  # x_T ~ N(0, I)
-        snapshots_xt, snapshots_x0 = {}, {}
-        for t in range(schedule.num_steps, 0, -1):
-            t_batch = torch.full((len(batch_seeds),), t, device=device, dtype=torch.long)
-            eps_pred = model(x, t_batch)
-            if t in steps:
-                snapshots_xt[t] = x.cpu()
-                snapshots_x0[t] = schedule.predict_x0(x, t, eps_pred).cpu()
-            alpha = schedule.alphas[t - 1].item()
-            beta = schedule.betas[t - 1].item()
-            alpha_bar = schedule.alpha_bars[t - 1].item()
-            # Ho et al. 2020, eq. (11): the mean of p_theta(x_{t-1} | x_t).
-            x = (x - beta / (1.0 - alpha_bar) ** 0.5 * eps_pred) / alpha**0.5
-            if t > 1 and noise_scale > 0:
-                sigma = sigmas_sq[t - 1].item() ** 0.5
-                x = x + noise_scale * sigma * _noise(generators, shape).to(device)
-            bar.update()
-        if 0 in steps:
-            snapshots_xt[0] = x.cpu()
-            snapshots_x0[0] = x.cpu()
-        outputs.append(x.cpu())
-        if steps:
-            xt_frames.append(torch.stack([snapshots_xt[t] for t in steps]))
-            x0_frames.append(torch.stack([snapshots_x0[t] for t in steps]))
-    bar.close()
-    samples = torch.cat(outputs)
-    if not steps:
-        return samples, None
-    return samples, Trajectory(timesteps=steps, xt=torch.cat(xt_frames, dim=1), x0_pred=torch.cat(x0_frames, dim=1))
+    captured = sorted({int(t) for t in capture}, reverse=True)
+    if captured and (captured[0] > num_steps or captured[-1] < 0):
+        raise DDPMError(f"Captured timesteps must lie in 0..{num_steps}, got {captured[-1]}..{captured[0]}.")
+    return captured

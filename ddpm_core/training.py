@@ -5,6 +5,7 @@
         take a gradient step on || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
     until converged
 
+``train_step`` is one pass of that loop on a batch; ``train`` runs it over the epochs.
 Every epoch ends with a checkpoint (see ``checkpoint.py``). Resumption is
 exact: the data order of epoch ``e`` depends only on (seed, e), and the
 generator that draws t and eps is saved with the optimiser, so 1 epoch +
@@ -23,10 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ddpm_core.checkpoint import library_versions, save_resume_state, save_weights
+from ddpm_core.checkpoint import library_versions, load_resume_state, save_resume_state, save_weights
 from ddpm_core.data import load_mnist
 from ddpm_core.device import device_description, keep_freed_memory, resolve_device
 from ddpm_core.errors import DDPMError
+from ddpm_core.lock import holds_run_lock
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.unet import UNet, UNetConfig
 
@@ -128,11 +130,77 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     return config.lr
 
 
+def train_step(
+    model: UNet,
+    schedule: NoiseSchedule,
+    optimizer: torch.optim.Optimizer,
+    x0: Tensor,
+    generator: torch.Generator,
+    config: TrainConfig,
+    step: int = 0,
+    total_steps: int = 1,
+    ema_state: dict[str, Tensor] | None = None,
+) -> Tensor:
+    """Lines 3 to 5 of Algorithm 1 (Ho et al. 2020) on one batch x0: draw t and eps, one gradient step.
+
+    Args:
+        model: eps_theta, in training mode, on its device.
+        schedule: the noise schedule.
+        optimizer: the optimiser of ``model``'s parameters.
+        x0: a batch of training images in [-1, 1], (B, C, H, W), on the CPU.
+        generator: the CPU generator that draws every t and eps of the run.
+        config: the run's settings (loss weighting, learning-rate schedule, clipping, EMA).
+        step: the 0-based optimiser step of the run, for the learning rate and the EMA warm-up.
+        total_steps: the run's number of optimiser steps, for the cosine decay.
+        ema_state: the EMA weights, updated in place (None: no EMA).
+
+    Returns:
+        L_simple of the batch, a 0-d tensor. A loss that is not finite is returned before any
+        update, so the caller can stop with the weights unchanged.
+    """
+    device = next(model.parameters()).device
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    t = torch.randint(1, schedule.num_steps + 1, (x0.shape[0],), generator=generator)  # 3: t ~ U{1..T}
+    noise = torch.randn(x0.shape, generator=generator)  # 4: eps ~ N(0, I)
+    x0, t, noise = (v.to(device) for v in (x0, t, noise))
+    x0 = x0.contiguous(memory_format=memory_format)
+    noise = noise.contiguous(memory_format=memory_format)
+    # 5: || eps - eps_theta(sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, eq. (14)
+    losses = per_sample_loss(model, schedule, x0, t, noise)
+    loss = losses.mean()  # L_simple, the loss every run reports
+    if not torch.isfinite(loss):
+        return loss
+    objective = loss
+    if config.loss_weighting == "min_snr":
+        objective = (min_snr_weights(schedule, t, config.min_snr_gamma) * losses).mean()
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(config, step, total_steps)
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()  # 5: the gradient of the loss
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()  # 5: the gradient step
+    if ema_state is not None:
+        _update_ema(ema_state, model, config, step)
+    return loss
+
+
+def _update_ema(ema_state: dict[str, Tensor], model: UNet, config: TrainConfig, step: int) -> None:
+    decay = config.ema_decay
+    if config.ema_warmup:
+        decay = min(decay, (2 + step) / (11 + step))  # n = step + 1 updates
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                ema_state[name].lerp_(value, 1.0 - decay)
+
+
 def _epoch_order(seed: int, epoch: int, n: int) -> Tensor:
     # The permutation of epoch e depends on (seed, e) only, so a resumed run sees the same order.
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
+@holds_run_lock  # one run per folder; see lock.py
 def train(
     out_dir: str | Path,
     config: TrainConfig | None = None,
@@ -189,7 +257,7 @@ def train(
     start_epoch = 0
 
     if resume:
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        state = load_resume_state(resume_path)
         if UNetConfig.from_dict(state["model_config"]) != model_config:
             raise DDPMError(
                 f"The run in {out_dir} used the architecture {state['model_config']}, not {model_config.to_dict()}. "
@@ -225,43 +293,21 @@ def train(
         total, seen = 0.0, 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
         for step in range(steps_per_epoch):
-            x0 = images[order[step * config.batch_size : (step + 1) * config.batch_size]]
+            x0 = images[order[step * config.batch_size : (step + 1) * config.batch_size]]  # line 2 of Algorithm 1
             b = x0.shape[0]
-            t = torch.randint(1, schedule.num_steps + 1, (b,), generator=generator)  # t ~ Uniform{1..T}
-            noise = torch.randn(x0.shape, generator=generator)  # eps ~ N(0, I)
-            x0, t, noise = (v.to(device) for v in (x0, t, noise))
-            x0 = x0.contiguous(memory_format=memory_format)
-            noise = noise.contiguous(memory_format=memory_format)
-            losses = per_sample_loss(model, schedule, x0, t, noise)
-            loss = losses.mean()  # L_simple, the loss every run reports
-            if config.loss_weighting == "min_snr":
-                objective = (min_snr_weights(schedule, t, config.min_snr_gamma) * losses).mean()
-            else:
-                objective = loss
+            global_step = (epoch - 1) * steps_per_epoch + step
+            loss = train_step(model, schedule, optimizer, x0, generator, config, global_step, total_steps, ema_state)
             if not torch.isfinite(loss):
                 bar.close()
-                last = f"epoch {epoch - 1}" if epoch > 1 else "none yet"
+                if epoch > 1:
+                    kept = f"The last good checkpoint in {out_dir} (epoch {epoch - 1}) was kept unchanged."
+                else:
+                    kept = f"Nothing was saved in {out_dir}: no epoch had finished."
                 raise DDPMError(
-                    f"Training stopped: the loss became {loss.item()} at epoch {epoch}, step {step + 1}. "
-                    f"The last good checkpoint in {out_dir} ({last}) was kept unchanged. Check the data for "
-                    f"NaN or inf values or lower the learning rate, then continue with --resume."
+                    f"Training stopped: the loss became {loss.item()} at epoch {epoch}, step {step + 1}. {kept} "
+                    f"Check the data for NaN or inf values, or start a new run with a lower learning rate (--lr) "
+                    f"in another folder; a resumed run keeps its learning rate and would diverge again."
                 )
-            global_step = (epoch - 1) * steps_per_epoch + step
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, global_step, total_steps)
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            if ema_state is not None:
-                decay = config.ema_decay
-                if config.ema_warmup:
-                    decay = min(decay, (2 + global_step) / (11 + global_step))  # n = global_step + 1 updates
-                with torch.no_grad():
-                    for name, value in model.state_dict().items():
-                        if value.dtype.is_floating_point:
-                            ema_state[name].lerp_(value, 1.0 - decay)
             total += loss.item() * b
             seen += b
             bar.update()

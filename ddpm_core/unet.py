@@ -14,9 +14,14 @@ the up block sees the down block's output through a skip connection
 (concatenated channels). Every residual block receives the timestep through a
 sinusoidal embedding (Vaswani et al. 2017) passed through a small MLP, so one
 set of weights serves all 1000 noise levels. Normalisation is GroupNorm
-(Wu and He 2018), as in the paper; there is no attention at this size.
+(Wu and He 2018), as in the paper.
 
-The default configuration has exactly 324,705 trainable parameters.
+Three options of ``UNetConfig`` change how the parameters are spent, for the
+comparisons of the chapter "What makes the digits sharp": single-head
+self-attention after the blocks of chosen resolutions (as Ho et al. do at
+16x16), a learned strided convolution instead of max pooling, and zero
+initialisation of each residual branch's last convolution. The default uses
+none of them and has exactly 324,705 trainable parameters.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 from ddpm_core.sampling import Trajectory
-from ddpm_core.viz import trajectory_grids, trajectory_slider_html
+from ddpm_core.slider import trajectory_slider_html
+from ddpm_core.viz import trajectory_grids
 
 pytestmark = pytest.mark.browser
 
@@ -224,3 +225,61 @@ def test_play_runs_to_t_0_and_pause_stops_it(browser, page):
     _assert_shows_frame(slider, frames, last)
     assert play.text.endswith("Play")
     _assert_no_console_errors(browser, page.url)
+
+
+CHAPTERS = sorted(p.stem for p in (REPO / "book").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def book_root() -> Path:
+    root = REPO / "_build" / "html"
+    if not (root / "book" / f"{CHAPTERS[0]}.html").is_file():
+        if os.environ.get(REQUIRE_BOOK_ENV) == "1":
+            pytest.fail(f"{root} holds no built chapters but ${REQUIRE_BOOK_ENV}=1 requires them: run make book.")
+        pytest.skip("the book is not built (make book)")
+    return root
+
+
+@pytest.fixture
+def offline_browser(browser):
+    """The browser with every request to another host refused, as for a reader without a network."""
+    browser.execute_cdp_cmd("Network.enable", {})
+    # Every CDN and launch service is on https; the book is served over http from 127.0.0.1.
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["https://*"]})
+    yield browser
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_reads_offline(offline_browser, serve, book_root, chapter):
+    """Typeset maths with the network blocked, every request to the book's own server, code cells that fit
+    their column at a desktop width, and exercise solutions that open on a click."""
+    from selenium.webdriver.common.by import By
+
+    offline_browser.set_window_size(1440, 900)
+    base = serve(book_root)
+    offline_browser.get(f"{base}/book/{chapter}.html")
+    deadline = time.monotonic() + 20
+    typeset = 0
+    while time.monotonic() < deadline and not typeset:
+        typeset = offline_browser.execute_script("return document.querySelectorAll('mjx-container').length;")
+        time.sleep(0.2)
+    assert typeset > 0, f"{chapter}: no formula was typeset by MathJax with the network blocked"
+    requested = offline_browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name);"
+    )
+    outside = [url for url in requested if not url.startswith(base) and not url.startswith("data:")]
+    assert outside == [], f"{chapter} requests files from other hosts: {outside}"
+    overflowing = offline_browser.execute_script(
+        "return Array.from(document.querySelectorAll('div.cell_input pre'))"
+        ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent.slice(0, 60));"
+    )
+    assert overflowing == [], f"{chapter}: code wider than its column: {overflowing}"
+    solutions = offline_browser.find_elements(By.CSS_SELECTOR, "div.admonition.dropdown")
+    assert solutions, f"{chapter}: no exercise solution toggles"
+    first = solutions[0]
+    assert "toggle-hidden" in first.get_attribute("class"), f"{chapter}: the first solution is not hidden"
+    toggle = first.find_element(By.CSS_SELECTOR, "button.toggle-button")
+    offline_browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", toggle)
+    time.sleep(0.5)
+    assert "toggle-hidden" not in first.get_attribute("class"), f"{chapter}: the first solution did not open"

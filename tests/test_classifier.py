@@ -105,3 +105,15 @@ def test_train_classifier_writes_a_file_that_loads_with_its_metadata(tmp_path):
     assert (metadata["epochs"], metadata["seed"], metadata["train_images"]) == (1, 3, 256)
     assert 0.0 <= metadata["test_accuracy"] <= 1.0
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file behind
+
+
+def test_default_weights_ship_inside_the_package_not_the_repository():
+    from pathlib import Path
+
+    import ddpm_core
+    from ddpm_core.classifier import DEFAULT_PATH
+
+    package = Path(ddpm_core.__file__).resolve().parent
+    assert DEFAULT_PATH.is_relative_to(package) and DEFAULT_PATH.is_file()
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    assert "weights/*.safetensors" in pyproject.read_text()  # installed as package data

@@ -70,9 +70,3 @@ print(keep_freed_memory(), keep_freed_memory(False), faults()[0])
     assert (off, on, undecided, off_again) == ("False", "True", "True", "False")  # None keeps the decision
     assert float(faults_on) < float(faults_off) / 10
     assert float(faults_on) < float(faults_off_again) / 10
-
-
-def test_keep_freed_memory_without_an_argument_keeps_the_first_decision():
-    from ddpm_core.device import keep_freed_memory
-
-    assert keep_freed_memory() == keep_freed_memory()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddpm_core import DDPMError, sample
-from ddpm_core.sampling import Trajectory
+from ddpm_core.sampling import SeedBatches, Trajectory, ddpm_step
 from tests.helpers import tiny_model, tiny_schedule
 
 
@@ -74,3 +74,57 @@ def test_trajectory_captures_xt_and_predicted_x0_at_chosen_timesteps():
 def test_bad_sampler_arguments_are_refused_with_a_clear_message(kwargs, message):
     with pytest.raises(DDPMError, match=message):
         sample(tiny_model(), tiny_schedule(), progress=False, **kwargs)
+
+
+def test_ddpm_step_is_line_4_of_algorithm_2():
+    schedule = tiny_schedule()
+    generator = torch.Generator().manual_seed(0)
+    xt, eps, z = (torch.randn((2, 1, 28, 28), generator=generator) for _ in range(3))
+    for t, variance in ((7, "beta"), (7, "posterior"), (1, "beta")):
+        x_prev = ddpm_step(schedule, xt, eps, t, z, variance)
+        a, b, ab = schedule.alphas[t - 1], schedule.betas[t - 1], schedule.alpha_bars[t - 1]
+        sigma_sq = b if variance == "beta" else (1 - schedule.alpha_bars[t - 2]) / (1 - ab) * b
+        sigma = sigma_sq.sqrt() if t > 1 else 0.0  # no fresh noise at the last step
+        expected = (xt - b / (1 - ab).sqrt() * eps) / a.sqrt() + sigma * z
+        torch.testing.assert_close(x_prev, expected, rtol=0, atol=1e-5)
+
+
+def test_ddpm_step_without_the_noise_it_needs_is_refused():
+    x = torch.zeros(1, 1, 28, 28)
+    with pytest.raises(DDPMError, match="needs noise z"):
+        ddpm_step(tiny_schedule(), x, x, 5)
+    assert torch.equal(ddpm_step(tiny_schedule(), x, x, 5, noise_scale=0.0), ddpm_step(tiny_schedule(), x, x, 5, x))
+
+
+def test_any_function_of_x_and_t_can_be_sampled_given_the_image_shape():
+    schedule = tiny_schedule()
+    calls = []
+
+    def zero_noise(x, t):
+        calls.append((tuple(x.shape), t.tolist()))
+        return torch.zeros_like(x)
+
+    images, _ = sample(zero_noise, schedule, seeds=[0, 1], image_shape=(1, 8, 8), progress=False)
+    assert images.shape == (2, 1, 8, 8)
+    assert calls[0] == ((2, 1, 8, 8), [20, 20]) and calls[-1][1] == [1, 1]
+    # With eps_theta = 0 every step only rescales: x_0 = x_T / sqrt(alpha_bar_T) plus the scaled fresh noise.
+    quiet, _ = sample(zero_noise, schedule, seeds=[0], image_shape=(1, 8, 8), noise_scale=0.0, progress=False)
+    x_T = torch.randn((1, 8, 8), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(quiet[0], x_T / schedule.alpha_bars[-1].sqrt(), rtol=1e-5, atol=1e-5)
+
+
+def test_seed_batches_hand_out_each_seeds_own_noise_in_seed_order():
+    batches = SeedBatches(None, 0, [4, 5, 6], capture=[3, 0], num_steps=3, image_shape=(1, 2, 2),
+                          device=torch.device("cpu"), batch_size=2, progress=False)
+    for batch in batches:
+        x = batch.noise()
+        for seed, row in zip(batch.seeds, x, strict=True):
+            assert torch.equal(row, torch.randn((1, 2, 2), generator=torch.Generator().manual_seed(seed)))
+        assert batch.captures(3) and not batch.captures(2)
+        batch.record(3, x, -x)
+        batch.finish(2 * x)
+    samples, trajectory = batches.result()
+    assert samples.shape == (3, 1, 2, 2)
+    assert trajectory.timesteps == [3, 0]
+    torch.testing.assert_close(trajectory.xt[0], samples / 2)
+    torch.testing.assert_close(trajectory.x0_pred[1], samples)

@@ -123,3 +123,44 @@ def test_a_killed_run_leaves_a_loadable_last_checkpoint(tmp_path):
     assert loaded.metadata["epoch"] >= 2
     state = torch.load(out / "resume.pt", weights_only=True)
     assert state["epoch"] >= 2
+
+
+def test_train_step_is_algorithm_1_on_one_batch():
+    from ddpm_core.training import train_step
+    from ddpm_core.unet import UNet
+
+    config = TrainConfig(num_steps=50, channels_last=False)
+    schedule = config.schedule()
+    torch.manual_seed(0)
+    model = UNet(TINY_CONFIG)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    x0 = synthetic_images(8)
+    loss = train_step(model, schedule, optimizer, x0, torch.Generator().manual_seed(5), config)
+    # Lines 3 and 4 of Algorithm 1: t, then eps, from the run's generator; line 5: the loss before the step.
+    generator = torch.Generator().manual_seed(5)
+    t = torch.randint(1, 51, (8,), generator=generator)
+    eps = torch.randn(x0.shape, generator=generator)
+    alpha_bar = torch.cumprod(1 - torch.linspace(config.beta_start, config.beta_end, 50), 0)[t - 1].view(-1, 1, 1, 1)
+    xt = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = ((UNet(TINY_CONFIG)(xt, t) - eps) ** 2).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # one gradient step
+
+
+def test_train_step_leaves_the_weights_alone_when_the_loss_is_not_finite():
+    from ddpm_core.training import train_step
+    from ddpm_core.unet import UNet
+
+    config = TrainConfig(num_steps=50, channels_last=False, ema_decay=0.9)
+    torch.manual_seed(0)
+    model = UNet(TINY_CONFIG)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = {k: v.clone() for k, v in before.items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    x0 = torch.full((4, 1, 28, 28), float("nan"))
+    loss = train_step(model, config.schedule(), optimizer, x0, torch.Generator().manual_seed(0), config, ema_state=ema)
+    assert not torch.isfinite(loss)
+    assert all(torch.equal(before[k], v) and torch.equal(ema[k], v) for k, v in model.state_dict().items())

@@ -1,4 +1,4 @@
-"""Trajectory sliders: the static HTML one of the book and the live ipywidgets one."""
+"""Trajectory pictures and sliders: the static HTML slider of the book and the live ipywidgets one."""
 
 import base64
 import io
@@ -11,14 +11,14 @@ from PIL import Image
 
 from ddpm_core import DDPMError
 from ddpm_core.data import to_uint8
-from ddpm_core.viz import (
+from ddpm_core.slider import (
     LIVE_ENV,
     StaticTrajectorySlider,
     show_trajectory,
-    trajectory_grids,
     trajectory_slider_html,
     trajectory_widget,
 )
+from ddpm_core.viz import trajectory_grids
 
 TIMESTEPS = [1000, 750, 500, 250, 100, 10, 0]
 
@@ -155,3 +155,14 @@ def test_show_trajectory_is_static_html_unless_live(trajectory, monkeypatch):
     monkeypatch.setenv(LIVE_ENV, "1")
     assert isinstance(show_trajectory(trajectory), ipywidgets.VBox)
     assert isinstance(show_trajectory(trajectory, live=False), StaticTrajectorySlider)
+
+
+def test_slider_markup_and_script_come_from_the_package_data_files(trajectory):
+    from importlib.resources import files
+
+    templates = files("ddpm_core").joinpath("templates")
+    script = templates.joinpath("trajectory_slider.js").read_text(encoding="utf-8")
+    html = trajectory_slider_html(trajectory, element_id="probe")
+    assert "$" not in html  # every placeholder of both templates is filled
+    assert script.replace("$id", "probe").replace("$frame_ms", "60") in html
+    assert html.startswith('<div class="ddpm-trajectory" id="probe"')

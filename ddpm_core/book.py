@@ -1,0 +1,161 @@
+"""Helpers for the book's chapters: quick mode, source listings, cached results, small plots, Colab.
+
+The chapters (``book/*.ipynb``) import these instead of defining their own:
+
+- ``quick_mode`` and ``output_dir``: the switch between the full run that produced the stored
+  outputs and the quick run of the tests, which writes only into a scratch folder;
+- ``show_source``: the real source of a package function, so a listing cannot drift from the
+  code (``tests/test_book.py`` compares every stored listing with today's source);
+- ``cached``: a result computed once and kept on disk between runs of a chapter;
+- ``show_grid`` and ``correlation``: a grid of digits on a matplotlib axis, and the mean
+  correlation of two batches of images;
+- ``colab_cell`` and ``colab_setup``: the first cell of every chapter, which on Colab clones
+  the book's repository (``repository.url`` in ``_config.yml``) and installs it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ddpm_core.viz import make_grid
+
+if TYPE_CHECKING:
+    import matplotlib.axes
+    from IPython.display import Code
+
+QUICK_ENV = "DDPM_QUICK"
+SCRATCH_ENV = "DDPM_SCRATCH"
+COLAB_CLONE = "/content/ddpm-book"  # where the Colab cell clones the repository
+
+
+def quick_mode() -> bool:
+    """True when ``$DDPM_QUICK`` is set to a true value: the book's chapters then shrink data,
+    epochs and samples so that the tests can run them in minutes."""
+    return os.environ.get(QUICK_ENV, "").lower() in ("1", "true", "yes")
+
+
+def output_dir(full_mode_dir: str | Path) -> Path:
+    """Where a chapter writes its artefacts: ``full_mode_dir`` in full mode; in quick mode a
+    scratch folder (``$DDPM_SCRATCH``, default ``scratch/``) so that a quick run never
+    overwrites a committed checkpoint or figure."""
+    if quick_mode():
+        path = Path(os.environ.get(SCRATCH_ENV, "scratch")) / Path(full_mode_dir).name
+    else:
+        path = Path(full_mode_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def show_source(obj: object) -> Code:
+    """Display the real source of a function or class from ``ddpm_core``, highlighted.
+
+    The book shows code this way, never as a pasted copy, so text and code cannot drift apart.
+    """
+    from IPython.display import Code
+
+    return Code(inspect.getsource(obj), language="python")
+
+
+def cached(path: str | Path, make: Callable[[], Any]) -> Any:
+    """Load the result stored at ``path`` (a ``torch.save`` file), or compute it with ``make()`` and store it.
+
+    Delete the file to compute it again.
+    """
+    path = Path(path)
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(value, path)
+    return value
+
+
+def show_grid(
+    images: Tensor, title: str, nrow: int = 8, ax: matplotlib.axes.Axes | None = None
+) -> matplotlib.axes.Axes:
+    """Draw images in [-1, 1] as a grid, ``nrow`` per row, on ``ax`` (default: a new figure sized to fit)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        ax = plt.subplots(figsize=(nrow * 0.9, len(images) / nrow * 0.9 + 0.4))[1]
+    ax.imshow(make_grid(images, nrow=nrow), cmap="gray", vmin=0, vmax=255)
+    ax.set_title(title)
+    ax.axis("off")
+    return ax
+
+
+def correlation(a: Tensor, b: Tensor) -> float:
+    """The Pearson correlation of each image in ``a`` with the same image in ``b``, averaged over the batch."""
+    a = a.flatten(1) - a.flatten(1).mean(1, keepdim=True)
+    b = b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-12)).mean().item()
+
+
+def repository_url(config_path: str | Path) -> str:
+    """The book's repository address, ``repository.url`` of the Jupyter Book ``_config.yml``."""
+    import yaml
+
+    with open(config_path, encoding="utf-8") as f:
+        return yaml.safe_load(f)["repository"]["url"]
+
+
+def colab_cell(url: str) -> str:
+    """The source of every chapter's first cell for the repository at ``url``.
+
+    Run ``write_colab_cells`` after changing ``repository.url`` in ``_config.yml``;
+    ``tests/test_book.py`` checks that the chapters agree with it.
+    """
+    return (
+        "# On Colab: clone the book's repository and install it; elsewhere, do nothing.\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        "    import subprocess\n"
+        "\n"
+        "    # the address is repository.url in _config.yml\n"
+        f'    REPOSITORY = "{url}"\n'
+        f'    CLONE = "{COLAB_CLONE}"\n'
+        '    subprocess.run(["git", "clone", "-q", REPOSITORY, CLONE], check=True)\n'
+        "    sys.path.insert(0, CLONE)\n"
+        "    from ddpm_core.book import colab_setup\n"
+        "\n"
+        "    colab_setup(CLONE)"
+    )
+
+
+def colab_setup(clone: str | Path) -> None:
+    """On Colab, after the clone: install the book's requirements and work from its ``book/`` folder,
+    as the chapters expect."""
+    clone = Path(clone)
+    requirements = str(clone / "requirements.txt")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", requirements], check=True)
+    os.chdir(clone / "book")
+
+
+def write_colab_cells(repo: str | Path) -> list[Path]:
+    """Rewrite the first code cell of every chapter under ``repo/book`` from ``repo/_config.yml``.
+
+    Returns the notebooks that changed. Stored outputs are kept (the cell has none).
+    """
+    import nbformat
+
+    repo = Path(repo)
+    source = colab_cell(repository_url(repo / "_config.yml"))
+    changed = []
+    for path in sorted((repo / "book").glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        cell = next(c for c in notebook.cells if c.cell_type == "code")
+        if cell.source != source:
+            cell.source = source
+            nbformat.write(notebook, path)
+            changed.append(path)
+    return changed

@@ -1,0 +1,194 @@
+"""The book's promises that need no kernel, checked on the stored notebooks.
+
+- Every listing a chapter shows with ``show_source(X)`` is today's source of X: the stored output
+  equals what ``show_source(X)`` gives now. Editing a listed function without re-executing its
+  chapter (``make execute``) fails here.
+- Every code cell fits the page: no line longer than 88 characters.
+- No stored output or notebook metadata carries widget state, so no page needs a widget manager.
+- Every chapter's Colab cell clones the address that ``_config.yml`` sets for the launch buttons.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from ddpm_core.book import colab_cell, repository_url, show_source
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "book").glob("*.ipynb"))
+MAX_LINE = 88
+CALL = re.compile(r"^show_source\((?P<target>[A-Za-z_][\w.]*)\)\s*$")
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def code_cells(notebook: dict) -> list[dict]:
+    return [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+
+
+def text(value: str | list[str]) -> str:
+    return value if isinstance(value, str) else "".join(value)
+
+
+def package_namespace(notebook: dict) -> dict:
+    """The names a chapter imports from ``ddpm_core``, imported here without running the chapter."""
+    namespace: dict = {}
+    for cell in code_cells(notebook):
+        try:
+            tree = ast.parse(text(cell["source"]))
+        except SyntaxError:  # IPython magics; no package imports there
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ddpm_core"):
+                exec(compile(ast.Module(body=[node], type_ignores=[]), "<chapter imports>", "exec"), namespace)
+    return namespace
+
+
+def listings() -> list[tuple[str, int, str]]:
+    found = []
+    for path in NOTEBOOKS:
+        for index, cell in enumerate(load(path)["cells"]):
+            source = text(cell["source"]).strip()
+            if cell["cell_type"] == "code" and "show_source(" in source:
+                found.append((path.name, index, source))
+    return found
+
+
+def resolve(namespace: dict, target: str) -> object:
+    head, *rest = target.split(".")
+    obj = namespace[head]
+    for name in rest:
+        obj = getattr(obj, name)
+    return obj
+
+
+def test_the_book_lists_package_code():
+    assert len(listings()) >= 10
+
+
+@pytest.mark.parametrize(("name", "index", "source"), listings(), ids=lambda v: str(v).split("\n")[0])
+def test_stored_listing_is_todays_source(name, index, source):
+    from IPython.core.formatters import format_display_data
+
+    match = CALL.match(source)
+    assert match, f"{name}, cell {index}: a listing cell holds one call show_source(NAME), not {source!r}"
+    notebook = load(REPO / "book" / name)
+    target = resolve(package_namespace(notebook), match["target"])
+    expected = format_display_data(show_source(target))[0]
+    results = [o for o in notebook["cells"][index].get("outputs", []) if o["output_type"] == "execute_result"]
+    assert results, f"{name}, cell {index}: show_source({match['target']}) has no stored output; run `make execute`"
+    stored = results[0]["data"]
+    for mime in ("text/plain", "text/html"):
+        assert text(stored.get(mime, "")) == expected[mime], (
+            f"{name}, cell {index}: the stored listing of {match['target']} ({mime}) is not today's source. "
+            f"Re-execute the chapter (`make execute`) so that the book shows the code as it is."
+        )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_cells_fit_the_page(path):
+    long_lines = [
+        f"cell {index}, line {number}: {len(line)} characters"
+        for index, cell in enumerate(load(path)["cells"])
+        if cell["cell_type"] == "code"
+        for number, line in enumerate(text(cell["source"]).splitlines(), start=1)
+        if len(line) > MAX_LINE
+    ]
+    assert not long_lines, f"{path.name} has code lines over {MAX_LINE} characters: {long_lines}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_widget_state_is_stored(path):
+    notebook = load(path)
+    assert "widgets" not in notebook["metadata"], f"{path.name} stores widget state in its metadata"
+    widgets = [
+        index
+        for index, cell in enumerate(code_cells(notebook))
+        for output in cell.get("outputs", [])
+        if WIDGET_MIME in output.get("data", {})
+    ]
+    assert not widgets, f"{path.name} stores widget outputs (progress bars?) in code cells {widgets}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_cell_clones_the_configured_repository(path):
+    first = code_cells(load(path))[0]
+    expected = colab_cell(repository_url(REPO / "_config.yml"))
+    assert text(first["source"]) == expected, (
+        f"{path.name}: the Colab cell does not match repository.url of _config.yml; run "
+        f"`python -c 'from ddpm_core.book import write_colab_cells; write_colab_cells(\".\")'`"
+    )
+
+
+def test_output_dir_is_a_scratch_folder_in_quick_mode(tmp_path, monkeypatch):
+    from ddpm_core.book import output_dir
+
+    monkeypatch.setenv("DDPM_QUICK", "1")
+    monkeypatch.setenv("DDPM_SCRATCH", str(tmp_path / "scratch"))
+    assert output_dir(REPO / "book" / "checkpoints") == tmp_path / "scratch" / "checkpoints"
+    monkeypatch.setenv("DDPM_QUICK", "0")
+    assert output_dir(tmp_path / "full") == tmp_path / "full"
+    assert (tmp_path / "full").is_dir()
+
+
+def test_cached_computes_once_then_reads_the_file(tmp_path):
+    import torch
+
+    from ddpm_core.book import cached
+
+    calls = []
+
+    def make():
+        calls.append(1)
+        return {"x": torch.arange(3)}
+
+    first = cached(tmp_path / "sub" / "value.pt", make)
+    second = cached(tmp_path / "sub" / "value.pt", make)
+    assert len(calls) == 1 and torch.equal(first["x"], second["x"])
+
+
+def test_correlation_of_images_with_themselves_and_their_negatives():
+    import torch
+
+    from ddpm_core.book import correlation
+
+    images = torch.rand(5, 1, 28, 28)
+    assert correlation(images, images) == pytest.approx(1.0, abs=1e-6)
+    assert correlation(images, -images) == pytest.approx(-1.0, abs=1e-6)
+    assert correlation(images, 3 * images + 1) == pytest.approx(1.0, abs=1e-6)
+
+
+def built_pages() -> list[Path]:
+    root = REPO / "_build" / "html"
+    pages = sorted(root.rglob("*.html")) if (root / "book").is_dir() else []
+    if not pages:
+        if os.environ.get("DDPM_REQUIRE_BOOK") == "1":
+            pytest.fail("the book is not built but DDPM_REQUIRE_BOOK=1 requires it: run make book")
+        pytest.skip("the book is not built (make book)")
+    return [p for p in pages if "_static" not in p.parts]
+
+
+def test_built_pages_load_nothing_from_other_hosts():
+    """Scripts, stylesheets and images come from the book itself, MathJax included, so a downloaded copy
+    of the HTML reads offline (links that a reader clicks, such as the launch buttons, may leave it)."""
+    loads = re.compile(
+        r'<(?:script|img|iframe)\b[^>]*\bsrc="([^"]+)"|<link\b[^>]*\brel="stylesheet"[^>]*\bhref="([^"]+)"'
+    )
+    outside = {}
+    for page in built_pages():
+        urls = [a or b for a, b in loads.findall(page.read_text(encoding="utf-8"))]
+        external = [u for u in urls if re.match(r"(https?:)?//", u)]
+        if external:
+            outside[page.name] = external
+    assert outside == {}
+    mathjax = REPO / "_build" / "html" / "_static" / "mathjax" / "tex-chtml.js"
+    assert mathjax.is_file(), "MathJax is not served from the book's _static folder"

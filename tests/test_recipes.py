@@ -1,0 +1,125 @@
+"""The training-recipe options: learning-rate schedule, min-SNR weights, EMA warm-up, network variants."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ablations.candidates import CANDIDATES, REFERENCE, recipe_of, train_command, train_flags
+from ddpm_core.cli import build_parser
+from ddpm_core.errors import DDPMError
+from ddpm_core.schedule import NoiseSchedule
+from ddpm_core.training import TrainConfig, learning_rate, min_snr_weights
+from ddpm_core.unet import UNet, UNetConfig, count_parameters
+
+
+def test_warmup_rises_linearly_to_the_peak_rate():
+    config = TrainConfig(lr=1e-3, warmup_steps=200)
+    assert learning_rate(config, 0, 1000) == pytest.approx(1e-3 / 200)
+    assert learning_rate(config, 99, 1000) == pytest.approx(1e-3 * 100 / 200)
+    assert learning_rate(config, 199, 1000) == pytest.approx(1e-3)
+    assert learning_rate(config, 900, 1000) == pytest.approx(1e-3)  # constant after the warm-up
+
+
+def test_cosine_decay_halves_at_midpoint_and_ends_at_zero():
+    config = TrainConfig(lr=1e-3, warmup_steps=100, lr_decay="cosine")
+    assert learning_rate(config, 100, 1100) == pytest.approx(1e-3)
+    assert learning_rate(config, 600, 1100) == pytest.approx(0.5e-3)
+    assert learning_rate(config, 1100, 1100) == pytest.approx(0.0, abs=1e-12)
+    rates = [learning_rate(config, s, 1100) for s in range(100, 1101)]
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_min_snr_weights_are_one_where_snr_is_below_gamma_and_gamma_over_snr_above():
+    schedule = NoiseSchedule()
+    t = torch.arange(1, 1001)
+    weights = min_snr_weights(schedule, t, gamma=5.0)
+    alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = torch.where(snr > 5.0, 5.0 / snr, torch.ones_like(snr)).float()
+    torch.testing.assert_close(weights, expected, rtol=1e-4, atol=1e-6)
+    assert weights[0] < 0.01 and weights[-1] == 1.0  # t=1 is nearly clean: its SNR is about 10,000
+
+
+def test_ema_warmup_forgets_the_initial_weights(tmp_path):
+    from ddpm_core.training import train
+
+    images = torch.rand(64, 1, 28, 28) * 2 - 1
+    tiny = UNetConfig(channels=(8, 8, 8), time_freq_dim=8, time_embed_dim=16, num_groups=4)
+    common = dict(epochs=1, batch_size=16, lr=1e-3, ema_decay=0.999)
+    torch.manual_seed(0)  # train() builds its network after the same seeding
+    initial = UNet(tiny).state_dict()
+    distances = {}
+    for warmup in (False, True):
+        out = tmp_path / str(warmup)
+        train(out, TrainConfig(**common, ema_warmup=warmup), tiny, images=images, device="cpu", progress=False)
+        from ddpm_core.checkpoint import load_checkpoint
+
+        ema = load_checkpoint(out / "model.safetensors", use_ema=True).model.state_dict()
+        distances[warmup] = sum((ema[k] - initial[k]).norm().item() for k in initial if k.endswith("weight"))
+    # Without warm-up, 4 updates at decay 0.999 leave the EMA at 99.6% initial weights; with it, far from them.
+    assert distances[True] > 20 * distances[False]
+
+
+@pytest.mark.parametrize("name", list(CANDIDATES))
+def test_every_candidate_has_the_reference_parameter_count(name):
+    recipe = CANDIDATES[name]["recipe"]
+    config = UNetConfig(channels=tuple(recipe["channels"]), time_embed_dim=recipe["time_embed_dim"],
+                        attention=tuple(recipe["attention"]), downsample=recipe["downsample"],
+                        zero_init=recipe["zero_init"])
+    assert count_parameters(UNet(config)) == 324_705
+
+
+def test_attention_and_strided_downsampling_change_the_network():
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([1, 500])
+    plain = UNet(UNetConfig())
+    with_attention = UNet(UNetConfig(attention=(7,)))
+    strided = UNet(UNetConfig(downsample="conv"))
+    # One attention layer after each 7x7 block, down and up: GroupNorm, qkv and output projections.
+    assert count_parameters(with_attention) - count_parameters(plain) == 2 * (4 * 48 * 48 + 4 * 48 + 2 * 48)
+    assert count_parameters(strided) - count_parameters(plain) == 2 * (32 * 32 * 9 + 32)
+    for model in (with_attention, strided):
+        assert model(x, t).shape == (2, 1, 28, 28)
+
+
+def test_zero_init_makes_the_untrained_network_predict_zero_noise():
+    model = UNet(UNetConfig(zero_init=True))
+    eps = model(torch.randn(3, 1, 28, 28), torch.tensor([1, 10, 1000]))
+    assert torch.count_nonzero(eps) == 0
+    assert torch.count_nonzero(model.down_blocks[0].conv2.weight) == 0
+    assert torch.count_nonzero(model.down_blocks[0].conv1.weight) > 0  # only the last convolution is zeroed
+
+
+def test_an_old_configuration_without_the_new_fields_loads_as_the_network_it_was():
+    old = {"image_channels": 1, "channels": [32, 32, 48], "time_freq_dim": 16, "time_embed_dim": 64, "num_groups": 8}
+    config = UNetConfig.from_dict(old)
+    assert config.attention == () and config.downsample == "maxpool" and not config.zero_init
+
+
+def test_bad_architecture_options_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="attention at 5x5"):
+        UNetConfig(attention=(5,)).validate()
+    with pytest.raises(ValueError, match="downsample"):
+        UNetConfig(downsample="avgpool").validate()
+    with pytest.raises(DDPMError, match="lr_decay"):
+        replace(TrainConfig(), lr_decay="linear").validate()
+    with pytest.raises(DDPMError, match="grad_clip"):
+        replace(TrainConfig(), grad_clip=0.0).validate()
+
+
+@pytest.mark.parametrize("name", list(CANDIDATES))
+def test_a_recipe_command_sets_every_setting_of_the_recipe(name):
+    recipe = CANDIDATES[name]["recipe"]
+    args = build_parser().parse_args(["train", *train_flags(recipe)])
+    parsed = {key: getattr(args, key) for key in REFERENCE}
+    assert parsed == {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
+    assert train_command(recipe, 2, "runs/x").startswith("python -m ddpm_core train --epochs 2 --out runs/x")
+
+
+def test_the_recipe_read_back_from_a_checkpoint_is_the_recipe_that_ran():
+    recipe = CANDIDATES["tuned_minsnr"]["recipe"]
+    train_config = {k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__}
+    model_config = UNetConfig(channels=recipe["channels"]).to_dict()
+    assert recipe_of(train_config, model_config) == recipe
+    legacy = recipe_of({"lr": 2e-4, "ema_decay": 0.999}, {"channels": (32, 32, 48)})  # a run from before
+    assert legacy == REFERENCE
