@@ -1,24 +1,67 @@
 """The recipes compared in the chapter "What makes the digits sharp".
 
-Each candidate changes the reference recipe (Adam at 2e-4, constant rate,
-uniform t, L_simple, max pooling, no attention) in the named way; all keep
-324,705 parameters, batch 128, the linear schedule with T = 1000 and
-epsilon prediction. ``args`` are the extra ``python -m ddpm_core train`` flags.
+Each candidate is the reference recipe (Adam at 2e-4, constant rate, uniform t,
+L_simple, max pooling, no attention) with the named changes; all keep 324,705
+parameters, batch 128, the linear schedule with T = 1000 and epsilon prediction.
+A recipe is written out as every ``python -m ddpm_core train`` flag, so that its
+command means the same thing whatever the defaults of the day are.
 """
 
-REFERENCE = ["--lr", "2e-4", "--ema-decay", "0.999"]
-# Warm-up, cosine decay, gradient clipping and an EMA that warms up: the usual care for a short run.
-TUNED = ["--lr", "1e-3", "--warmup-steps", "200", "--lr-decay", "cosine", "--grad-clip", "1.0",
-         "--ema-decay", "0.999", "--ema-warmup"]
-# Attention at 7x7 and the widths that keep the count at 324,705: 32, 40, 40 with a time embedding of 80.
-ATTENTION = ["--channels", "32,40,40", "--time-embed-dim", "80", "--attention", "7"]
+from __future__ import annotations
 
-CANDIDATES = {
-    "reference": {"what": "the reference recipe: Adam 2e-4, constant", "args": REFERENCE},
-    "tuned": {"what": "lr 1e-3, 200 warm-up steps, cosine decay, clip 1.0, EMA warm-up", "args": TUNED},
-    "tuned_attn7": {"what": "tuned + self-attention at 7x7 (widths 32,40,40, embedding 80)",
-                    "args": TUNED + ATTENTION},
-    "tuned_minsnr": {"what": "tuned + min-SNR-5 loss weighting", "args": TUNED + ["--loss-weighting", "min_snr"]},
-    "tuned_lr2e-3": {"what": "tuned with peak lr 2e-3", "args": [*TUNED[:1], "2e-3", *TUNED[2:]]},
-    "tuned_zero": {"what": "tuned + zero-initialised last convolutions", "args": TUNED + ["--zero-init"]},
+import shlex
+from typing import Any
+
+REFERENCE: dict[str, Any] = {
+    "lr": 2e-4, "warmup_steps": 0, "lr_decay": "constant", "grad_clip": None, "ema_decay": 0.999,
+    "ema_warmup": False, "loss_weighting": "uniform", "min_snr_gamma": 5.0,
+    "channels": (32, 32, 48), "time_embed_dim": 64, "attention": (), "downsample": "maxpool", "zero_init": False,
 }
+# Warm-up, cosine decay, gradient clipping and an EMA that warms up: the usual care for a short run.
+TUNED = {**REFERENCE, "lr": 1e-3, "warmup_steps": 200, "lr_decay": "cosine", "grad_clip": 1.0, "ema_warmup": True}
+# Attention after the two 7x7 blocks (down and up), and the widths that keep the count at 324,705:
+# 32, 40, 40 with a time embedding of 80.
+ATTENTION = {"channels": (32, 40, 40), "time_embed_dim": 80, "attention": (7,)}
+
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "reference": {"what": "the reference recipe: Adam 2e-4, constant", "recipe": REFERENCE},
+    "tuned": {"what": "lr 1e-3, 200 warm-up steps, cosine decay, clip 1.0, EMA warm-up", "recipe": TUNED},
+    "tuned_attn7": {"what": "tuned + self-attention after both 7x7 blocks (widths 32,40,40, embedding 80)",
+                    "recipe": {**TUNED, **ATTENTION}},
+    "tuned_minsnr": {"what": "tuned + min-SNR-5 loss weighting", "recipe": {**TUNED, "loss_weighting": "min_snr"}},
+    "tuned_lr2e-3": {"what": "tuned with peak lr 2e-3", "recipe": {**TUNED, "lr": 2e-3}},
+    "tuned_minsnr_lr2e-3": {"what": "tuned + min-SNR-5 loss weighting, peak lr 2e-3",
+                            "recipe": {**TUNED, "loss_weighting": "min_snr", "lr": 2e-3}},
+    "tuned_zero": {"what": "tuned + zero-initialised last convolutions", "recipe": {**TUNED, "zero_init": True}},
+}
+
+
+def _flag_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value) if value else "none"
+    return str(value)
+
+
+def train_flags(recipe: dict[str, Any]) -> list[str]:
+    """Every flag of ``python -m ddpm_core train`` that sets ``recipe``, booleans included."""
+    flags = []
+    for key, value in recipe.items():
+        name = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(name if value else "--no-" + key.replace("_", "-"))
+        else:
+            flags += [name, _flag_value(value)]
+    return flags
+
+
+def recipe_of(train_config: dict[str, Any], model_config: dict[str, Any]) -> dict[str, Any]:
+    """The recipe a run used, read back from its checkpoint's metadata (missing fields: the reference's)."""
+    stored = {**train_config, **model_config}
+    return {key: stored.get(key, default) for key, default in REFERENCE.items()}
+
+
+def train_command(recipe: dict[str, Any], epochs: int, out: str, seed: int = 0) -> str:
+    return "python -m ddpm_core train " + shlex.join(
+        ["--epochs", str(epochs), "--out", out, "--seed", str(seed), *train_flags(recipe)])

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ablations.candidates import CANDIDATES
+from ablations.candidates import CANDIDATES, recipe_of, train_command, train_flags
 
 
 def _trained_epochs(folder: Path) -> int:
@@ -28,6 +28,12 @@ def _trained_epochs(folder: Path) -> int:
 
     weights = folder / "model.safetensors"
     return int(read_metadata(weights)["epoch"]) if weights.is_file() else 0
+
+
+def _parameters(model_config: dict) -> int:
+    from ddpm_core.unet import UNet, UNetConfig, count_parameters
+
+    return count_parameters(UNet(UNetConfig.from_dict(model_config)))
 
 
 def score(weights: Path, use_ema: bool, num_samples: int, seed: int, sampler: str, steps: int) -> dict:
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         folder = args.out / name
         command = [sys.executable, "-m", "ddpm_core", "train", "--epochs", str(args.epochs), "--out", str(folder),
-                   "--seed", "0", "--no-progress", *CANDIDATES[name]["args"]]
+                   "--seed", "0", "--no-progress", *train_flags(CANDIDATES[name]["recipe"])]
         if _trained_epochs(folder) < args.epochs:
             resume = ["--resume"] if (folder / "resume.pt").is_file() else []
             print(f"[{time.strftime('%H:%M:%S')}] training {name}: {shlex.join(command[1:])}", flush=True)
@@ -63,15 +69,24 @@ def main(argv: list[str] | None = None) -> int:
         from ddpm_core.checkpoint import read_metadata
 
         meta = read_metadata(folder / "model.safetensors")
+        previous = results.get(name, {})
         entry = {
-            "command": "python " + shlex.join(command[1:-1]),  # without --no-progress
+            # Rebuilt from what the checkpoint says the run did, with every setting spelled out.
+            "command": train_command(recipe_of(meta["train_config"], meta["model_config"]), args.epochs,
+                                     f"runs/screen/{name}"),
             "what": CANDIDATES[name]["what"],
             "epochs": args.epochs,
             "loss_history": meta["loss_history"],
             "wall_time_s": meta["wall_time_s"],
+            "model_config": meta["model_config"],
+            "parameters": _parameters(meta["model_config"]),
+            "train_config": meta["train_config"],
         }
         for use_ema in (False, True):
             key = "ema" if use_ema else "raw"
+            if previous.get("epochs") == args.epochs and key in previous:  # already scored
+                entry[key] = previous[key]
+                continue
             print(f"[{time.strftime('%H:%M:%S')}] scoring {name} ({key})", flush=True)
             entry[key] = score(folder / "model.safetensors", use_ema, args.num_samples, args.seed, "ddim", args.steps)
             print(f"  Frechet {entry[key]['frechet_distance']:.2f}  confident {entry[key]['confident_fraction']:.3f}"

@@ -1,0 +1,109 @@
+"""What each candidate recipe costs per training step, as a ratio to the reference recipe's step.
+
+A step is what ``ddpm_core.training.train`` does per batch of 128 under the recipe: the network
+forward and backward, the recipe's loss weighting, gradient clipping, the Adam update and the EMA
+update. The recipes come from ``ablations/candidates.py``. Each round times every recipe in turn
+(the same process, alternating, so a slower moment of a shared machine hits all of them alike);
+the best round of each is reported, with its ratio to the reference recipe and the 15-epoch time
+that ratio gives from a measured 15-epoch time of the reference recipe (``--reference-minutes``).
+
+    python -m benchmarks.recipe_cost
+    python -m benchmarks.recipe_cost --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ablations.candidates import CANDIDATES
+from benchmarks._common import positive_int, print_table
+from ddpm_core.device import device_description, keep_freed_memory, resolve_device
+from ddpm_core.schedule import NoiseSchedule
+from ddpm_core.training import min_snr_weights, per_sample_loss
+from ddpm_core.unet import UNet, UNetConfig, count_parameters
+
+MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init")
+
+
+class RecipeStep:
+    """One training step of a recipe, on a fixed pool of random batches already on the device."""
+
+    def __init__(self, recipe: dict, device: torch.device, batch_size: int) -> None:
+        torch.manual_seed(0)
+        config = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()
+                               if k in MODEL_KEYS})
+        self.model = UNet(config).to(device=device, memory_format=torch.channels_last)
+        self.parameters = count_parameters(self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=recipe["lr"])
+        self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.recipe, self.schedule = recipe, NoiseSchedule()
+        g = torch.Generator().manual_seed(0)
+        self.pool = [(torch.rand(batch_size, 1, 28, 28, generator=g) * 2 - 1,
+                      torch.randint(1, 1001, (batch_size,), generator=g),
+                      torch.randn(batch_size, 1, 28, 28, generator=g)) for _ in range(4)]
+        self.pool = [tuple(v.to(device) for v in batch) for batch in self.pool]
+        self.calls = 0
+
+    def __call__(self) -> None:
+        x0, t, noise = self.pool[self.calls % len(self.pool)]
+        self.calls += 1
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+        losses = per_sample_loss(self.model, self.schedule, x0, t, noise)
+        if self.recipe["loss_weighting"] == "min_snr":
+            objective = (min_snr_weights(self.schedule, t, self.recipe["min_snr_gamma"]) * losses).mean()
+        else:
+            objective = losses.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if self.recipe["grad_clip"] is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe["grad_clip"])
+        self.optimizer.step()
+        with torch.no_grad():
+            for name, value in self.model.state_dict().items():
+                if value.dtype.is_floating_point:
+                    self.ema[name].lerp_(value, 1.0 - self.recipe["ema_decay"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--steps", type=positive_int, default=15, help="timed steps per recipe and round")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds; the best of each recipe counts")
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--reference-minutes", type=float, default=35.4,
+                        help="measured 15-epoch time of the reference recipe (default 35.4, idle 2-core CPU)")
+    parser.add_argument("--quick", action="store_true", help="2 steps, 1 round, batch 16: checks that it runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds, args.batch_size = 2, 1, 16
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    print(f"device: {device_description(device)}; batch {args.batch_size}, best of {args.rounds} rounds "
+          f"of {args.steps} steps")
+    steps = {name: RecipeStep(c["recipe"], device, args.batch_size) for name, c in CANDIDATES.items()}
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            step()  # one untimed step after switching recipes
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[name] = min(best[name], (time.perf_counter() - started) / args.steps)
+    rows = []
+    for name, seconds in best.items():
+        ratio = seconds / best["reference"]
+        rows.append([name, f"{steps[name].parameters:,}", f"{args.batch_size / seconds:.0f}", f"{ratio:.3f}",
+                     f"{args.reference_minutes * ratio:.1f}"])
+    print_table(["recipe", "parameters", "images/s", "step time / reference", "15 epochs (min)"], rows)
+
+
+if __name__ == "__main__":
+    main()
