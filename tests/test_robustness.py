@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ddpm_core import TrainConfig, train
 from ddpm_core.checkpoint import load_resume_state
+from ddpm_core.classifier import DEFAULT_PATH as DEFAULT_CLASSIFIER
 from ddpm_core.cli import main
 from ddpm_core.lock import RunLock
 from tests.helpers import REPO, TINY_CONFIG, needs_mnist
@@ -30,7 +31,7 @@ from tests.helpers import REPO, TINY_CONFIG, needs_mnist
 DDPM = [sys.executable, "-m", "ddpm_core"]
 # A network small enough that an epoch of a few hundred images takes a second or two.
 TINY_FLAGS = ["--channels", "8,8,16", "--time-embed-dim", "16", "--batch-size", "64", "--no-progress"]
-CLASSIFIER = REPO / "book" / "checkpoints" / "mnist_classifier.safetensors"
+CLASSIFIER = DEFAULT_CLASSIFIER
 
 
 def digest(path: Path) -> str:
