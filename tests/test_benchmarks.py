@@ -39,3 +39,13 @@ def test_sampling_benchmark_refuses_a_step_count_that_contradicts_the_checkpoint
     )
     assert result.returncode != 0
     assert "differs from the checkpoint's T=1000" in result.stderr
+
+
+def test_recipe_cost_benchmark_times_every_candidate_at_the_same_parameter_count():
+    from ablations.candidates import CANDIDATES
+
+    out = run_module("benchmarks.recipe_cost", "--quick")
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in CANDIDATES]
+    assert [row[0] for row in rows] == list(CANDIDATES)
+    assert all(row[1] == "324,705" for row in rows)
+    assert rows[0][0] == "reference" and rows[0][3] == "1.000"  # the baseline is its own ratio
