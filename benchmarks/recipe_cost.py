@@ -1,9 +1,9 @@
 """What each candidate recipe costs per training step, as a ratio to the reference recipe's step.
 
-A step is what ``ddpm_core.training.train`` does per batch of 128 under the recipe: the network
-forward and backward, the recipe's loss weighting, gradient clipping, the Adam update and the EMA
-update. The recipes come from ``ablations/candidates.py``. Each round times every recipe in turn
-(the same process, alternating, so a slower moment of a shared machine hits all of them alike);
+A step is ``ddpm_core.training.train_step``, what ``train`` does per batch of 128 under the recipe:
+the draw of t and eps, the network forward and backward, the recipe's loss weighting, gradient
+clipping, the Adam update and the EMA update. The recipes come from ``ablations/candidates.py``.
+Each round times every recipe in turn (the same process, alternating, so a slower moment of a shared machine hits all of them alike);
 the best round of each is reported, with its ratio to the reference recipe and the 15-epoch time
 that ratio gives from a measured 15-epoch time of the reference recipe (``--reference-minutes``).
 
@@ -21,15 +21,14 @@ import torch
 from ablations.candidates import CANDIDATES
 from benchmarks._common import positive_int, print_table
 from ddpm_core.device import device_description, keep_freed_memory, resolve_device
-from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.training import min_snr_weights, per_sample_loss
+from ddpm_core.training import TrainConfig, train_step
 from ddpm_core.unet import UNet, UNetConfig, count_parameters
 
 MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init")
 
 
 class RecipeStep:
-    """One training step of a recipe, on a fixed pool of random batches already on the device."""
+    """One ``ddpm_core.training.train_step`` of a recipe, on a fixed pool of random batches."""
 
     def __init__(self, recipe: dict, device: torch.device, batch_size: int) -> None:
         torch.manual_seed(0)
@@ -39,32 +38,18 @@ class RecipeStep:
         self.parameters = count_parameters(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=recipe["lr"])
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.recipe, self.schedule = recipe, NoiseSchedule()
-        g = torch.Generator().manual_seed(0)
-        self.pool = [(torch.rand(batch_size, 1, 28, 28, generator=g) * 2 - 1,
-                      torch.randint(1, 1001, (batch_size,), generator=g),
-                      torch.randn(batch_size, 1, 28, 28, generator=g)) for _ in range(4)]
-        self.pool = [tuple(v.to(device) for v in batch) for batch in self.pool]
+        self.config = TrainConfig(**{k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__})
+        self.schedule = self.config.schedule()
+        self.generator = torch.Generator().manual_seed(0)
+        self.pool = [torch.rand(batch_size, 1, 28, 28, generator=self.generator) * 2 - 1 for _ in range(4)]
         self.calls = 0
 
     def __call__(self) -> None:
-        x0, t, noise = self.pool[self.calls % len(self.pool)]
+        x0 = self.pool[self.calls % len(self.pool)]
+        # A step in the middle of a long run: past any warm-up, so every part of the recipe is active.
+        train_step(self.model, self.schedule, self.optimizer, x0, self.generator, self.config,
+                   step=1_000 + self.calls, total_steps=10_000, ema_state=self.ema)
         self.calls += 1
-        x0 = x0.contiguous(memory_format=torch.channels_last)
-        losses = per_sample_loss(self.model, self.schedule, x0, t, noise)
-        if self.recipe["loss_weighting"] == "min_snr":
-            objective = (min_snr_weights(self.schedule, t, self.recipe["min_snr_gamma"]) * losses).mean()
-        else:
-            objective = losses.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        if self.recipe["grad_clip"] is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe["grad_clip"])
-        self.optimizer.step()
-        with torch.no_grad():
-            for name, value in self.model.state_dict().items():
-                if value.dtype.is_floating_point:
-                    self.ema[name].lerp_(value, 1.0 - self.recipe["ema_decay"])
 
 
 def main() -> None:
