@@ -3,7 +3,8 @@
 A step is ``ddpm_core.training.train_step``, what ``train`` does per batch of 128 under the recipe:
 the draw of t and eps, the network forward and backward, the recipe's loss weighting, gradient
 clipping, the Adam update and the EMA update. The recipes come from ``ablations/candidates.py``.
-Each round times every recipe in turn (the same process, alternating, so a slower moment of a shared machine hits all of them alike);
+Each round times every recipe in turn (the same process, alternating, so a slower moment of a
+shared machine hits all of them alike);
 the best round of each is reported, with its ratio to the reference recipe and the 15-epoch time
 that ratio gives from a measured 15-epoch time of the reference recipe (``--reference-minutes``).
 
