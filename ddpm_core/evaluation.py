@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ddpm_core.checkpoint import LoadedModel, check_finite_samples, load_checkpoint
@@ -33,22 +34,36 @@ def generate(
     eta: float = 0.0,
     capture: list[int] | None = None,
     progress: bool = True,
+    variance: str = "beta",
 ) -> tuple[Tensor, Trajectory | None, float]:
     """Sample ``num_samples`` images (seeds ``seed``..``seed + N - 1``) and time it.
 
-    ``sampler`` is "ddpm" (the 1000-step ancestral sampler, sigma_t^2 = beta_t) or "ddim"
-    (``steps`` steps, stochasticity ``eta``). Returns samples, trajectory and wall seconds.
+    ``sampler`` is "ddpm" (the 1000-step ancestral sampler, sigma_t^2 = beta_t, or the
+    posterior variance with ``variance="posterior"``) or "ddim" (``steps`` steps,
+    stochasticity ``eta``). Returns samples, trajectory and wall seconds.
     """
     if sampler not in SAMPLERS:
         raise DDPMError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
     started = time.perf_counter()
     if sampler == "ddpm":
         images, trajectory = sample(loaded.model, loaded.schedule, num_samples=num_samples, seed=seed,
-                                    capture=capture, progress=progress)
+                                    variance=variance, capture=capture, progress=progress)
     else:
         images, trajectory = ddim_sample(loaded.model, loaded.schedule, num_samples=num_samples, seed=seed,
                                          steps=steps, eta=eta, capture=capture, progress=progress)
     return images, trajectory, time.perf_counter() - started
+
+
+def generate_record(loaded: LoadedModel, num_samples: int, **options: Any) -> dict[str, Tensor]:
+    """``generate`` (same options) as a dict of tensors, the form the book stores with
+    ``ddpm_core.book.cached``: "samples" and "seconds", and with ``capture`` also the
+    captured "timesteps" and the predicted x_0 at each of them, "x0_pred"."""
+    images, trajectory, seconds = generate(loaded, num_samples, progress=False, **options)
+    record = {"samples": images, "seconds": torch.tensor(seconds)}
+    if trajectory is not None:
+        record["timesteps"] = torch.tensor(trajectory.timesteps)
+        record["x0_pred"] = trajectory.x0_pred
+    return record
 
 
 def evaluate_checkpoint(
@@ -91,8 +106,6 @@ def loss_by_timestep(
     Every timestep sees the same images and the same noise (drawn once from ``seed``), so two
     models, or two timesteps, are compared on equal terms.
     """
-    import torch
-
     device = next(model.parameters()).device
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
     model.eval()

@@ -12,8 +12,8 @@ from tests.helpers import TINY_CONFIG
 @pytest.fixture
 def checkpoint(tmp_path):
     images = torch.rand(32, 1, 28, 28) * 2 - 1
-    train(tmp_path, TrainConfig(epochs=1, batch_size=32, num_steps=50), TINY_CONFIG, images=images, device="cpu",
-          progress=False)
+    train(tmp_path, TrainConfig(epochs=1, batch_size=32, num_steps=50, ema_decay=None), TINY_CONFIG, images=images,
+          device="cpu", progress=False)
     return tmp_path / "model.safetensors"
 
 

@@ -14,7 +14,7 @@ from ddpm_core.unet import UNet, UNetConfig, count_parameters
 
 
 def test_warmup_rises_linearly_to_the_peak_rate():
-    config = TrainConfig(lr=1e-3, warmup_steps=200)
+    config = TrainConfig(lr=1e-3, warmup_steps=200, lr_decay="constant")
     assert learning_rate(config, 0, 1000) == pytest.approx(1e-3 / 200)
     assert learning_rate(config, 99, 1000) == pytest.approx(1e-3 * 100 / 200)
     assert learning_rate(config, 199, 1000) == pytest.approx(1e-3)
@@ -123,3 +123,24 @@ def test_the_recipe_read_back_from_a_checkpoint_is_the_recipe_that_ran():
     assert recipe_of(train_config, model_config) == recipe
     legacy = recipe_of({"lr": 2e-4, "ema_decay": 0.999}, {"channels": (32, 32, 48)})  # a run from before
     assert legacy == REFERENCE
+
+
+def _recipe_of_checkpoint(path):
+    from ddpm_core.checkpoint import read_metadata
+
+    metadata = read_metadata(path)
+    return recipe_of(metadata["train_config"], UNetConfig.from_dict(metadata["model_config"]).to_dict())
+
+
+def test_the_package_defaults_are_the_best_screened_recipe_and_the_book_model_used_them():
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    screen = json.loads((repo / "ablations" / "screen_2ep.json").read_text())
+    best = min(screen, key=lambda name: screen[name]["raw"]["frechet_distance"])
+    defaults = recipe_of(asdict(TrainConfig()), UNetConfig().to_dict())
+    assert defaults == CANDIDATES[best]["recipe"]
+    assert _recipe_of_checkpoint(repo / "book" / "checkpoints" / "ddpm_mnist.safetensors") == defaults
+    assert _recipe_of_checkpoint(repo / "book" / "checkpoints" / "reference_recipe.safetensors") == REFERENCE

@@ -30,7 +30,9 @@ from tests.helpers import REPO, TINY_CONFIG, needs_mnist
 
 DDPM = [sys.executable, "-m", "ddpm_core"]
 # A network small enough that an epoch of a few hundred images takes a second or two.
-TINY_FLAGS = ["--channels", "8,8,16", "--time-embed-dim", "16", "--batch-size", "64", "--no-progress"]
+# A constant learning rate, so that runs may be resumed with more epochs than they were started with.
+TINY_FLAGS = ["--channels", "8,8,16", "--time-embed-dim", "16", "--batch-size", "64", "--lr-decay", "constant",
+              "--no-progress"]
 CLASSIFIER = DEFAULT_CLASSIFIER
 
 
@@ -75,11 +77,11 @@ def wait_for(condition, timeout: float = 180.0, what: str = "") -> None:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    """A finished one-epoch run of the tiny network on random images, with a 20-step schedule."""
+    """A finished one-epoch run of the tiny network on random images, with a 20-step schedule and no EMA."""
     folder = tmp_path_factory.mktemp("tiny_run")
     images = torch.rand(32, 1, 28, 28) * 2 - 1
-    train(folder, TrainConfig(epochs=1, batch_size=32, num_steps=20), TINY_CONFIG, images=images, device="cpu",
-          progress=False)
+    train(folder, TrainConfig(epochs=1, batch_size=32, num_steps=20, ema_decay=None), TINY_CONFIG, images=images,
+          device="cpu", progress=False)
     return folder
 
 
@@ -494,7 +496,7 @@ def test_leftover_temporary_files_are_removed_by_the_next_run(run_copy):
     leftovers = [run_copy / ".resume.pt.k2j4h1.tmp", run_copy / "epochs" / ".epoch_002.safetensors.x8a.tmp"]
     for path in leftovers:
         path.write_bytes(b"half a file")
-    train(run_copy, TrainConfig(epochs=1, batch_size=32, num_steps=20), TINY_CONFIG, resume=True,
+    train(run_copy, TrainConfig(epochs=1, batch_size=32, num_steps=20, ema_decay=None), TINY_CONFIG, resume=True,
           images=torch.zeros(32, 1, 28, 28), device="cpu", progress=False)
     assert not any(path.exists() for path in leftovers)
 

@@ -15,7 +15,8 @@ from ddpm_core.checkpoint import save_weights
 from ddpm_core.data import load_mnist
 from tests.helpers import REPO, TINY_CONFIG, needs_mnist
 
-QUICK = TrainConfig(epochs=2, batch_size=32, seed=3, num_steps=100)
+# A constant learning rate, so that a 1-epoch run may be resumed up to 2 epochs (a cosine plan may not).
+QUICK = TrainConfig(epochs=2, batch_size=32, seed=3, num_steps=100, lr_decay="constant")
 
 
 def synthetic_images(n: int = 96, seed: int = 0) -> torch.Tensor:
@@ -35,7 +36,7 @@ def test_loss_falls_on_a_small_mnist_subset(tmp_path):
 
 def test_two_epochs_straight_equal_one_epoch_then_resume(tmp_path):
     images = synthetic_images()
-    config = replace(QUICK, ema_decay=0.9)
+    config = replace(QUICK, ema_decay=0.9, warmup_steps=0)
     straight = train(tmp_path / "straight", config, TINY_CONFIG, images=images, device="cpu", progress=False)
     train(tmp_path / "resumed", replace(config, epochs=1), TINY_CONFIG, images=images, device="cpu", progress=False)
     resumed = train(tmp_path / "resumed", config, TINY_CONFIG, resume=True, images=images, device="cpu", progress=False)
@@ -44,6 +45,41 @@ def test_two_epochs_straight_equal_one_epoch_then_resume(tmp_path):
         a = load_checkpoint(tmp_path / "straight", use_ema=use_ema).model.state_dict()
         b = load_checkpoint(tmp_path / "resumed", use_ema=use_ema).model.state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_cosine_run_interrupted_in_epoch_2_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import ddpm_core.training as training
+
+    images = synthetic_images()
+    config = replace(QUICK, warmup_steps=2, lr_decay="cosine")  # 3 steps per epoch: warm-up, then decay
+    straight = train(tmp_path / "straight", config, TINY_CONFIG, images=images, device="cpu", progress=False)
+    calls, real_step = [], training.train_step
+
+    def interrupted_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # the second step of epoch 2
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed", config, TINY_CONFIG, images=images, device="cpu", progress=False)
+    monkeypatch.setattr(training, "train_step", real_step)
+    assert read_metadata(tmp_path / "resumed")["epoch"] == 1
+    resumed = train(tmp_path / "resumed", config, TINY_CONFIG, resume=True, images=images, device="cpu", progress=False)
+    assert resumed.loss_history == straight.loss_history
+    a = load_checkpoint(tmp_path / "straight").model.state_dict()
+    b = load_checkpoint(tmp_path / "resumed").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_cosine_run_refuses_to_resume_with_another_number_of_epochs(tmp_path):
+    config = replace(QUICK, epochs=1, lr_decay="cosine")
+    train(tmp_path, config, TINY_CONFIG, images=synthetic_images(), device="cpu", progress=False)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    with pytest.raises(DDPMError, match="cosine planned for 1 epochs, so it resumes only with --epochs 1"):
+        train(tmp_path, replace(config, epochs=3), TINY_CONFIG, resume=True, images=synthetic_images(), device="cpu")
+    assert (tmp_path / "model.safetensors").read_bytes() == before
 
 
 def test_every_epoch_writes_a_checkpoint_with_its_metadata(tmp_path):
@@ -67,7 +103,7 @@ def test_an_existing_run_is_never_overwritten_without_resume(tmp_path):
 
 def test_resume_refuses_changed_settings(tmp_path):
     train(tmp_path, replace(QUICK, epochs=1), TINY_CONFIG, images=synthetic_images(), device="cpu", progress=False)
-    with pytest.raises(DDPMError, match=r"other settings \(lr: 0.0002 -> 0.001\)"):
+    with pytest.raises(DDPMError, match=r"other settings \(lr: 0.002 -> 0.001\)"):
         train(tmp_path, replace(QUICK, lr=1e-3), TINY_CONFIG, resume=True, images=synthetic_images(), device="cpu")
 
 
