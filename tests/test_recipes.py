@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ablations.candidates import CANDIDATES, REFERENCE, recipe_of, train_command, train_flags
-from ddpm_core.cli import build_parser
+from ddpm_core.cli import REFERENCE_FLAGS, build_parser
 from ddpm_core.errors import DDPMError
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.training import TrainConfig, learning_rate, min_snr_weights
@@ -144,3 +144,17 @@ def test_the_package_defaults_are_the_best_screened_recipe_and_the_book_model_us
     assert defaults == CANDIDATES[best]["recipe"]
     assert _recipe_of_checkpoint(repo / "book" / "checkpoints" / "ddpm_mnist.safetensors") == defaults
     assert _recipe_of_checkpoint(repo / "book" / "checkpoints" / "reference_recipe.safetensors") == REFERENCE
+
+
+def test_the_documented_reference_commands_train_the_reference_recipe():
+    import re
+    import shlex
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    target = re.search(r"^train-reference:.*?\n\t(.*?)\n\n", (repo / "Makefile").read_text(), re.S | re.M)
+    make_flags = shlex.split(target.group(1).replace("\\\n", " "))[3:]  # after "$(BIN)/python -m ddpm_core"
+    for flags in (make_flags, ["train", *shlex.split(REFERENCE_FLAGS)]):
+        args = build_parser().parse_args(flags)
+        parsed = {key: getattr(args, key) for key in REFERENCE}
+        assert parsed == REFERENCE, flags
