@@ -365,6 +365,12 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_go_on(tmp_path, c
 # Ctrl-C --------------------------------------------------------------------------------------------------------
 
 
+def _ctrl_c_enabled() -> None:
+    """Run in the child before it starts: a shell starts background jobs with SIGINT ignored, children inherit
+    that, and Python then never raises KeyboardInterrupt. The tests below need Ctrl-C to work wherever they run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(process: subprocess.Popen, stderr_path: Path) -> tuple[int, str]:
     process.send_signal(signal.SIGINT)
     code = process.wait(timeout=120)
@@ -382,7 +388,8 @@ def test_ctrl_c_during_train_says_what_was_saved_and_how_to_resume(when, tmp_pat
     subset = "2048" if when == "before-the-first-epoch" else "256"  # long epochs / short epochs
     argv = ["train", "--out", str(out), "--subset", subset, "--epochs", "50", *TINY_FLAGS]
     with open(err, "w") as stderr:
-        process = subprocess.Popen([*DDPM, *argv], cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen([*DDPM, *argv], cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=stderr,
+                                   preexec_fn=_ctrl_c_enabled)
     try:
         marker = out / (".lock" if when == "before-the-first-epoch" else "resume.pt")
         wait_for(lambda: (marker.is_file() and marker.stat().st_size > 0) or process.poll() is not None,
@@ -407,7 +414,8 @@ def test_ctrl_c_during_sampling_exits_130_with_one_line(command, slow_run, tmp_p
     argv = [command, "--checkpoint", str(slow_run), "--num-samples", "64"]
     argv += ["--out", str(out)] if command == "sample" else []
     with open(err, "w") as stderr:
-        process = subprocess.Popen([*DDPM, *argv], cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen([*DDPM, *argv], cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=stderr,
+                                   preexec_fn=_ctrl_c_enabled)
     try:
         wait_for(lambda: "sampling" in err.read_text() or process.poll() is not None, what="the progress bar")
         code, output = _interrupt(process, err)
