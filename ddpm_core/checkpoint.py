@@ -52,6 +52,7 @@ MAX_WIDTH = 1024
 MAX_EMBED_DIM = 4096
 MAX_PARAMETERS = 50_000_000
 MAX_NUM_STEPS = 100_000
+MAX_CLASSES = 1000
 RESUME_KEYS = ("epoch", "model", "optimizer", "generator", "torch_rng", "ema", "loss_history", "wall_time_s",
                "model_config", "train_config")
 
@@ -230,6 +231,7 @@ _CONFIG_CHECKS = {
     "attention": (lambda v: isinstance(v, (list, tuple)) and all(_is_int(r) for r in v), "a list of whole numbers"),
     "downsample": (lambda v: isinstance(v, str), "a string"),
     "zero_init": (lambda v: isinstance(v, bool), "true or false"),
+    "num_classes": (lambda v: v is None or _is_int(v), "a whole number or null"),
 }
 
 
@@ -247,6 +249,8 @@ def check_model_config(config: UNetConfig) -> None:
         raise ValueError(f"time_embed_dim must lie in 1..{MAX_EMBED_DIM}, got {config.time_embed_dim}")
     if config.num_groups < 1:
         raise ValueError(f"num_groups must be positive, got {config.num_groups}")
+    if config.num_classes is not None and not 1 <= config.num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must lie in 1..{MAX_CLASSES} or be null, got {config.num_classes}")
     config.validate()
     with torch.device("meta"):  # shapes only: no memory is allocated
         parameters = sum(p.numel() for p in UNet(config).parameters())

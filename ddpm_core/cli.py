@@ -106,6 +106,13 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
+def _label_list(text: str) -> tuple[int, ...]:
+    labels = _int_list(text)
+    if not labels or min(labels) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated classes such as 0,1,2, got {text!r}")
+    return labels
+
+
 def _width_list(text: str) -> tuple[int, ...]:
     widths = _int_list(text)
     if not widths or min(widths) < 1:
@@ -204,11 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="maxpool or conv (default %(default)s)")
     train.add_argument("--zero-init", action=argparse.BooleanOptionalAction, default=uc.zero_init,
                        help="zero the last convolution of each block (default %(default)s)")
+    train.add_argument("--conditional", action="store_true",
+                       help="train eps_theta(x_t, t, y) on the digits' labels, for classifier-free guidance")
+    train.add_argument("--p-uncond", type=_unit_interval, default=None,
+                       help="with --conditional: share of labels dropped to 'no class' (default 0.1)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     samp = commands.add_parser("sample", help="generate digits from a checkpoint")
     samp.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors or a training folder")
-    samp.add_argument("--num-samples", type=_sample_count, default=32, help="number of images (default 32)")
+    samp.add_argument("--num-samples", type=_sample_count, default=None,
+                      help="number of images (default 32, or one per --labels entry)")
     samp.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed S+i (default 0)")
     samp.add_argument("--out", type=Path, required=True, help="output file: .png (a grid) or .npy (uint8 N x 28 x 28)")
     samp.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (1000 steps) or ddim")
@@ -218,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     samp.add_argument("--noise-scale", type=_non_negative_float, default=1.0,
                       help="scale of the fresh noise (default 1.0)")
     samp.add_argument("--ema", action="store_true", help="use the EMA weights")
+    asked = samp.add_mutually_exclusive_group()
+    asked.add_argument("--label", type=_non_negative_int, default=None,
+                       help="conditional models: the digit every sample should be, e.g. 7")
+    asked.add_argument("--labels", type=_label_list, default=None,
+                       help="conditional models: one digit per sample, e.g. 0,1,2,3 (repeated to --num-samples)")
+    samp.add_argument("--guidance", type=_non_negative_float, default=None,
+                      help="conditional models: classifier-free guidance w; 0 unconditional, 1 conditional "
+                           "(default 1)")
     samp.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
     samp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate = commands.add_parser("evaluate", help="sample from a checkpoint and print quality metrics")
@@ -324,6 +344,11 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     from ddpm_core.training import TrainConfig, train
     from ddpm_core.unet import UNetConfig
 
+    if args.p_uncond is not None and not args.conditional:
+        raise DDPMError(
+            "--p-uncond applies only to a conditional network, which drops that share of labels to learn the "
+            "unconditional prediction too. Add --conditional, or drop --p-uncond."
+        )
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -337,11 +362,13 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         ema_warmup=args.ema_warmup,
         loss_weighting=args.loss_weighting,
         min_snr_gamma=args.min_snr_gamma,
+        p_uncond=TrainConfig.p_uncond if args.p_uncond is None else args.p_uncond,
     )
     try:
         model_config = dataclasses.replace(UNetConfig(), channels=args.channels, time_embed_dim=args.time_embed_dim,
                                            attention=args.attention, downsample=args.downsample,
-                                           zero_init=args.zero_init)
+                                           zero_init=args.zero_init,
+                                           num_classes=10 if args.conditional else None)
         check_model_config(model_config)
     except ValueError as error:
         raise DDPMError(f"Unusable architecture options: {error}") from None
@@ -383,10 +410,13 @@ def _sample(args: argparse.Namespace) -> int:
         )
     check_writable(args.out)
     _ddim_options(args)
+    labels = _requested_labels(args)
     loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), use_ema=args.ema)
+    _check_conditioning(args, loaded)
+    guided = {"labels": labels, "guidance": 1.0 if args.guidance is None else args.guidance}
     if args.sampler == "ddim":
         images, _ = ddim_sample(loaded.model, loaded.schedule, num_samples=args.num_samples, seed=args.seed,
-                                steps=args.steps, eta=args.eta, progress=not args.no_progress)
+                                steps=args.steps, eta=args.eta, progress=not args.no_progress, **guided)
     else:
         images, _ = sample(
             loaded.model,
@@ -396,6 +426,7 @@ def _sample(args: argparse.Namespace) -> int:
             variance=args.variance,
             noise_scale=args.noise_scale,
             progress=not args.no_progress,
+            **guided,
         )
     check_finite_samples(images, loaded.path)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -405,6 +436,43 @@ def _sample(args: argparse.Namespace) -> int:
         save_grid(images, args.out)
     print(f"wrote {args.num_samples} samples to {args.out}")
     return 0
+
+
+def _requested_labels(args: argparse.Namespace) -> list[int] | None:
+    """The class of each sample from --label or --labels (repeated to --num-samples), or None; fills --num-samples."""
+    if args.labels is not None:
+        args.num_samples = args.num_samples or len(args.labels)
+        return [args.labels[i % len(args.labels)] for i in range(args.num_samples)]
+    args.num_samples = args.num_samples or 32
+    if args.label is not None:
+        return [args.label] * args.num_samples
+    return None
+
+
+def _check_conditioning(args: argparse.Namespace, loaded) -> None:
+    """Refuse labels for an unconditional checkpoint, a conditional one without labels, and unknown classes."""
+    num_classes = loaded.model.config.num_classes
+    asked = args.label is not None or args.labels is not None
+    if num_classes is None and (asked or args.guidance is not None):
+        flags = ", ".join(f for f, v in (("--label", args.label), ("--labels", args.labels),
+                                         ("--guidance", args.guidance)) if v is not None)
+        raise DDPMError(
+            f"The checkpoint {loaded.path} is an unconditional model (trained without labels), so {flags} cannot "
+            f"apply: it draws whatever digit its noise leads to. Drop {flags}, or pass a checkpoint trained with "
+            f"`python -m ddpm_core train --conditional`."
+        )
+    if num_classes is not None and not asked:
+        raise DDPMError(
+            f"The checkpoint {loaded.path} is a conditional model: say which digit to draw with --label 7 (every "
+            f"sample) or --labels 0,1,2 (one per sample, repeated), and optionally --guidance W (default 1). For "
+            f"unconditional samples from it, add --guidance 0."
+        )
+    requested = args.labels if args.labels is not None else (args.label,)
+    if num_classes is not None and asked and max(requested) >= num_classes:
+        raise DDPMError(
+            f"--label{'s' if args.labels is not None else ''} asks for class {max(requested)}, but the checkpoint "
+            f"{loaded.path} knows the classes 0..{num_classes - 1}. Pass labels in that range."
+        )
 
 
 def _interrupted(args: argparse.Namespace, argv: list[str]) -> str:

@@ -46,7 +46,15 @@ import torch
 from torch import Tensor
 
 from ddpm_core.errors import DDPMError
-from ddpm_core.sampling import NoisePredictor, SeedBatches, Trajectory, prepare_model
+from ddpm_core.sampling import (
+    Labels,
+    NoisePredictor,
+    SeedBatches,
+    Trajectory,
+    check_labels,
+    guided_eps,
+    prepare_model,
+)
 from ddpm_core.schedule import NoiseSchedule
 
 
@@ -145,6 +153,8 @@ def ddim_sample(
     progress: bool = True,
     batch_size: int = 64,
     image_shape: tuple[int, ...] | None = None,
+    labels: Labels = None,
+    guidance: float = 1.0,
 ) -> tuple[Tensor, Trajectory | None]:
     """Generate images with DDIM in ``steps`` network evaluations.
 
@@ -163,6 +173,8 @@ def ddim_sample(
         progress: show a tqdm progress bar over the steps.
         batch_size: samples denoised together; the result does not depend on it.
         image_shape: (C, H, W) of one image; default (C, 28, 28), C from a UNet's config, else 1.
+        labels: for a conditional model, the class of every sample (one int) or of each (N ints).
+        guidance: w of classifier-free guidance (see ``sampling.guided_eps``); 1 is plain conditional.
 
     Returns:
         The samples x_0, (N, C, H, W), not clipped, and the trajectory (None if nothing captured).
@@ -174,10 +186,11 @@ def ddim_sample(
                           batch_size=batch_size, progress=progress, desc="DDIM sampling",
                           steps_per_batch=len(taus))
     _check_capture(batches.captured, taus, steps, schedule.num_steps)
+    batches.set_labels(check_labels(model, labels, guidance, len(batches.seeds)))
     for batch in batches:
         x = batch.noise()  # x_T ~ N(0, I), the first draw as in sample()
         for t, t_prev in zip(taus, taus[1:] + [0], strict=True):
-            eps_pred = model(x, batch.timestep(t))
+            eps_pred = guided_eps(model, x, batch.timestep(t), batch.labels, guidance)
             # Fresh z only when sigma > 0, so eta = 0 draws nothing after x_T.
             noise = batch.noise() if ddim_sigma(schedule, t, t_prev, eta) > 0 else None
             x_prev, x0_pred = ddim_step(schedule, x, eps_pred, t, t_prev, eta, noise)

@@ -20,7 +20,7 @@ from ddpm_core.ddim import ddim_sample
 from ddpm_core.device import resolve_device
 from ddpm_core.errors import DDPMError
 from ddpm_core.metrics import evaluate_samples
-from ddpm_core.sampling import Trajectory, sample
+from ddpm_core.sampling import Labels, Trajectory, sample
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -35,22 +35,27 @@ def generate(
     capture: list[int] | None = None,
     progress: bool = True,
     variance: str = "beta",
+    labels: Labels = None,
+    guidance: float = 1.0,
 ) -> tuple[Tensor, Trajectory | None, float]:
     """Sample ``num_samples`` images (seeds ``seed``..``seed + N - 1``) and time it.
 
     ``sampler`` is "ddpm" (the 1000-step ancestral sampler, sigma_t^2 = beta_t, or the
     posterior variance with ``variance="posterior"``) or "ddim" (``steps`` steps,
-    stochasticity ``eta``). Returns samples, trajectory and wall seconds.
+    stochasticity ``eta``). A conditional model takes ``labels`` and ``guidance`` as
+    the samplers do. Returns samples, trajectory and wall seconds.
     """
     if sampler not in SAMPLERS:
         raise DDPMError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
     started = time.perf_counter()
     if sampler == "ddpm":
         images, trajectory = sample(loaded.model, loaded.schedule, num_samples=num_samples, seed=seed,
-                                    variance=variance, capture=capture, progress=progress)
+                                    variance=variance, capture=capture, progress=progress, labels=labels,
+                                    guidance=guidance)
     else:
         images, trajectory = ddim_sample(loaded.model, loaded.schedule, num_samples=num_samples, seed=seed,
-                                         steps=steps, eta=eta, capture=capture, progress=progress)
+                                         steps=steps, eta=eta, capture=capture, progress=progress, labels=labels,
+                                         guidance=guidance)
     return images, trajectory, time.perf_counter() - started
 
 

@@ -14,6 +14,10 @@ a ``torch.Generator`` seeded with it, so a sample does not depend on which
 other samples share its batch, and the same seed gives the same digit.
 ``SeedBatches`` does that bookkeeping (and the recording of a ``Trajectory``)
 for this sampler and for DDIM's (``ddpm_core.ddim``).
+
+A conditional network (``UNetConfig(num_classes=10)``) is asked for one class per
+sample (``labels``), with classifier-free guidance of strength ``guidance``
+(Ho and Salimans 2022): ``guided_eps`` replaces eps_theta(x_t, t) in the update.
 """
 
 from __future__ import annotations
@@ -32,6 +36,66 @@ from ddpm_core.schedule import NoiseSchedule
 VARIANCES = ("beta", "posterior")
 MNIST_SHAPE = (1, 28, 28)
 NoisePredictor = Callable[[Tensor, Tensor], Tensor]  # eps_theta: (x_t (B, C, H, W), t (B,)) -> eps (B, C, H, W)
+Labels = int | Sequence[int] | Tensor | None  # the class asked of every sample, or one class each
+
+
+def guided_eps(model: NoisePredictor, x: Tensor, t: Tensor, labels: Tensor | None = None,
+               guidance: float = 1.0) -> Tensor:
+    """The noise prediction of classifier-free guidance (Ho and Salimans 2022, eq. (6)):
+
+        eps = eps_theta(x_t, t) + w (eps_theta(x_t, t, y) - eps_theta(x_t, t))
+
+    with w = ``guidance``: 0 is the network's unconditional prediction, 1 its plain
+    conditional one, and w > 1 pushes x_t further towards what makes it class y. For
+    0 < w != 1 the two predictions come from one call on a doubled batch. Without
+    ``labels`` this is eps_theta(x_t, t).
+    """
+    if labels is None:
+        return model(x, t)
+    if guidance == 1.0:
+        return model(x, t, labels)
+    null = torch.full_like(labels, model.null_label)  # the "no class" label
+    if guidance == 0.0:
+        return model(x, t, null)
+    eps_cond, eps_uncond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+    return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+
+def check_labels(model: NoisePredictor, labels: Labels, guidance: float, num_samples: int) -> Tensor | None:
+    """The labels as a (N,) tensor of classes, after refusing what the model cannot do with them.
+
+    A conditional model needs labels; an unconditional one takes none; every label must be a
+    class of the model; ``guidance`` must be a finite number >= 0 and needs labels.
+    """
+    null_label = getattr(model, "null_label", None)
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < float("inf"):
+        raise DDPMError(f"guidance must be a finite number >= 0 (0: unconditional, 1: conditional), got {guidance!r}.")
+    if labels is None:
+        if null_label is not None:
+            raise DDPMError(
+                f"This model is conditional (trained with {null_label} classes): say which digit each sample "
+                f"should be with labels (one class, or one per sample; on the command line --label or --labels). "
+                f"For unconditional samples from the same network, pass any labels with guidance=0."
+            )
+        if guidance != 1.0:
+            raise DDPMError(f"guidance={guidance} needs labels: guidance steers samples towards a requested class.")
+        return None
+    if null_label is None:
+        raise DDPMError(
+            "This model is unconditional (trained without labels), so it cannot be asked for a class. Sample "
+            "without labels (on the command line: without --label, --labels and --guidance), or train a "
+            "conditional model with `python -m ddpm_core train --conditional`."
+        )
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+    if labels.numel() == 1:
+        labels = labels.expand(num_samples)
+    if labels.numel() != num_samples:
+        raise DDPMError(f"Pass one label for all samples or one per sample: {labels.numel()} labels for "
+                        f"{num_samples} samples.")
+    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < null_label):
+        bad = int(labels.max()) if int(labels.max()) >= null_label else int(labels.min())
+        raise DDPMError(f"The label {bad} is not a class of this model, which knows the classes 0..{null_label - 1}.")
+    return labels.clone()
 
 
 @dataclass
@@ -106,6 +170,8 @@ def sample(
     progress: bool = True,
     batch_size: int = 64,
     image_shape: tuple[int, ...] | None = None,
+    labels: Labels = None,
+    guidance: float = 1.0,
 ) -> tuple[Tensor, Trajectory | None]:
     """Generate images with the full T-step ancestral sampler.
 
@@ -123,6 +189,8 @@ def sample(
         progress: show a tqdm progress bar over the T steps.
         batch_size: samples denoised together; the result does not depend on it.
         image_shape: (C, H, W) of one image; default (C, 28, 28), C from a UNet's config, else 1.
+        labels: for a conditional model, the class of every sample (one int) or of each (N ints).
+        guidance: w of classifier-free guidance (see ``guided_eps``); 1 is plain conditional sampling.
 
     Returns:
         The samples x_0, (N, C, H, W), not clipped, and the trajectory (None if nothing captured).
@@ -131,10 +199,11 @@ def sample(
     device, image_shape = prepare_model(model, image_shape)
     batches = SeedBatches(num_samples, seed, seeds, capture, schedule.num_steps, image_shape, device,
                           batch_size=batch_size, progress=progress)
+    batches.set_labels(check_labels(model, labels, guidance, len(batches.seeds)))
     for batch in batches:
         x = batch.noise()  # Algorithm 2, line 1: x_T ~ N(0, I)
         for t in range(schedule.num_steps, 0, -1):  # line 2
-            eps_pred = model(x, batch.timestep(t))
+            eps_pred = guided_eps(model, x, batch.timestep(t), batch.labels, guidance)
             if batch.captures(t):
                 batch.record(t, x, schedule.predict_x0(x, t, eps_pred))
             z = batch.noise() if t > 1 and noise_scale > 0 else None  # line 3
@@ -174,9 +243,10 @@ def prepare_model(model: NoisePredictor, image_shape: tuple[int, ...] | None = N
 class SeedBatch:
     """One batch of seeds inside ``SeedBatches``: its noise draws and its trajectory snapshots."""
 
-    def __init__(self, batches: SeedBatches, seeds: list[int]) -> None:
+    def __init__(self, batches: SeedBatches, seeds: list[int], labels: Tensor | None = None) -> None:
         self._batches = batches
         self.seeds = seeds
+        self.labels = labels.to(batches.device) if labels is not None else None  # (B,) classes, or None
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.snapshots_xt: dict[int, Tensor] = {}
         self.snapshots_x0: dict[int, Tensor] = {}
@@ -252,13 +322,19 @@ class SeedBatches:
         num_batches = -(-len(self.seeds) // batch_size)
         total = (steps_per_batch or num_steps) * num_batches
         self.bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
+        self.labels: Tensor | None = None
         self._outputs: list[Tensor] = []
         self._xt_frames: list[Tensor] = []
         self._x0_frames: list[Tensor] = []
 
+    def set_labels(self, labels: Tensor | None) -> None:
+        """One class per seed (from ``check_labels``), handed to each batch as ``SeedBatch.labels``."""
+        self.labels = labels
+
     def __iter__(self) -> Iterator[SeedBatch]:
         for start in range(0, len(self.seeds), self.batch_size):
-            yield SeedBatch(self, self.seeds[start : start + self.batch_size])
+            end = start + self.batch_size
+            yield SeedBatch(self, self.seeds[start:end], self.labels[start:end] if self.labels is not None else None)
         self.bar.close()
 
     def collect(self, batch: SeedBatch, samples: Tensor) -> None:

@@ -46,7 +46,7 @@ LOSS_WEIGHTINGS = ("uniform", "min_snr")
 # What a stored run without these settings did: the training loop before they were added.
 LEGACY_TRAIN_DEFAULTS = {
     "warmup_steps": 0, "lr_decay": "constant", "grad_clip": None, "ema_warmup": False,
-    "loss_weighting": "uniform", "min_snr_gamma": 5.0,
+    "loss_weighting": "uniform", "min_snr_gamma": 5.0, "p_uncond": 0.1,
 }
 
 
@@ -70,6 +70,7 @@ class TrainConfig:
     ema_warmup: bool = True  # EMA decay min(ema_decay, (1 + n) / (10 + n)) at step n, so early weights fade
     loss_weighting: str = "min_snr"  # "uniform" (L_simple) or "min_snr" (Hang et al. 2023)
     min_snr_gamma: float = 5.0  # gamma of min-SNR weighting: weight(t) = min(SNR(t), gamma) / SNR(t)
+    p_uncond: float = 0.1  # conditional networks only: the share of labels dropped to "no class"
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -92,6 +93,8 @@ class TrainConfig:
             raise DDPMError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}.")
         if not self.min_snr_gamma > 0:
             raise DDPMError(f"min_snr_gamma must be positive (e.g. 5), got {self.min_snr_gamma}.")
+        if not 0.0 <= self.p_uncond <= 1.0:
+            raise DDPMError(f"p_uncond must lie between 0 and 1 (e.g. 0.1), got {self.p_uncond}.")
 
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule(self.num_steps, self.beta_start, self.beta_end)
@@ -111,10 +114,26 @@ def diffusion_loss(model: UNet, schedule: NoiseSchedule, x0: Tensor, t: Tensor, 
     return F.mse_loss(model(xt, t), noise)
 
 
-def per_sample_loss(model: UNet, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-    """The squared error of each image, averaged over its pixels: shape (B,). Its mean is L_simple."""
+def per_sample_loss(
+    model: UNet, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor, labels: Tensor | None = None
+) -> Tensor:
+    """The squared error of each image, averaged over its pixels: shape (B,). Its mean is L_simple.
+
+    ``labels`` (B,) are passed to a conditional network; None asks an unconditional one.
+    """
     xt = schedule.q_sample(x0, t, noise)
-    return (model(xt, t) - noise).square().flatten(1).mean(1)
+    eps_pred = model(xt, t) if labels is None else model(xt, t, labels)
+    return (eps_pred - noise).square().flatten(1).mean(1)
+
+
+def drop_labels(labels: Tensor, null_label: int, p_uncond: float, generator: torch.Generator) -> Tensor:
+    """Replace each label by ``null_label`` ("no class") with probability ``p_uncond`` (Ho and Salimans 2022).
+
+    The dropped images teach the same network the unconditional eps_theta(x_t, t), which
+    classifier-free guidance needs beside the conditional one.
+    """
+    drop = torch.rand(labels.shape, generator=generator) < p_uncond
+    return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
 def min_snr_weights(schedule: NoiseSchedule, t: Tensor, gamma: float) -> Tensor:
@@ -148,6 +167,7 @@ def train_step(
     step: int = 0,
     total_steps: int = 1,
     ema_state: dict[str, Tensor] | None = None,
+    labels: Tensor | None = None,
 ) -> Tensor:
     """Lines 3 to 5 of Algorithm 1 (Ho et al. 2020) on one batch x0: draw t and eps, one gradient step.
 
@@ -161,6 +181,8 @@ def train_step(
         step: the 0-based optimiser step of the run, for the learning rate and the EMA warm-up.
         total_steps: the run's number of optimiser steps, for the cosine decay.
         ema_state: the EMA weights, updated in place (None: no EMA).
+        labels: the classes of x0, (B,), for a conditional network (None: unconditional). A share
+            ``config.p_uncond`` of them, drawn by ``generator``, is replaced by "no class".
 
     Returns:
         L_simple of the batch, a 0-d tensor. A loss that is not finite is returned before any
@@ -170,11 +192,13 @@ def train_step(
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     t = torch.randint(1, schedule.num_steps + 1, (x0.shape[0],), generator=generator)  # 3: t ~ U{1..T}
     noise = torch.randn(x0.shape, generator=generator)  # 4: eps ~ N(0, I)
+    if labels is not None:  # classifier-free guidance: some images train the "no class" prediction
+        labels = drop_labels(labels, model.null_label, config.p_uncond, generator).to(device)
     x0, t, noise = (v.to(device) for v in (x0, t, noise))
     x0 = x0.contiguous(memory_format=memory_format)
     noise = noise.contiguous(memory_format=memory_format)
     # 5: || eps - eps_theta(sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, eq. (14)
-    losses = per_sample_loss(model, schedule, x0, t, noise)
+    losses = per_sample_loss(model, schedule, x0, t, noise, labels)
     loss = losses.mean()  # L_simple, the loss every run reports
     if not torch.isfinite(loss):
         return loss
@@ -217,6 +241,7 @@ def train(
     device: str | torch.device = "auto",
     images: Tensor | None = None,
     progress: bool = True,
+    labels: Tensor | None = None,
 ) -> TrainResult:
     """Train a UNet and write a checkpoint into ``out_dir`` after every epoch.
 
@@ -228,6 +253,8 @@ def train(
         device: "auto" (CUDA, then MPS, then CPU) or a device name.
         images: training images in [-1, 1], shape (N, 1, 28, 28); default: MNIST's training set.
         progress: show a tqdm progress bar per epoch and print each epoch's mean loss.
+        labels: the classes of ``images``, (N,), which a conditional network
+            (``model_config.num_classes``) needs; default: MNIST's training labels.
     """
     config = config or TrainConfig()
     model_config = model_config or UNetConfig()
@@ -247,10 +274,16 @@ def train(
             f"Nothing to resume in {out_dir}: {RESUME_FILE} is missing. Drop --resume to start a new run there."
         )
 
+    conditional = model_config.num_classes is not None
     if images is None:
-        images, _ = load_mnist(train=True, subset=config.subset)
+        images, labels = load_mnist(train=True, subset=config.subset)
     elif config.subset is not None:
         images = images[: config.subset]
+        labels = labels[: config.subset] if labels is not None else None
+    if conditional:
+        _check_labels(labels, images, model_config.num_classes)
+    else:
+        labels = None  # an unconditional network never sees them
     schedule = config.schedule()
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
 
@@ -309,10 +342,12 @@ def train(
         total, seen = 0.0, 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
         for step in range(steps_per_epoch):
-            x0 = images[order[step * config.batch_size : (step + 1) * config.batch_size]]  # line 2 of Algorithm 1
+            batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+            x0 = images[batch]  # line 2 of Algorithm 1
             b = x0.shape[0]
             global_step = (epoch - 1) * steps_per_epoch + step
-            loss = train_step(model, schedule, optimizer, x0, generator, config, global_step, total_steps, ema_state)
+            loss = train_step(model, schedule, optimizer, x0, generator, config, global_step, total_steps, ema_state,
+                              labels=labels[batch] if labels is not None else None)
             if not torch.isfinite(loss):
                 bar.close()
                 if epoch > 1:
@@ -339,6 +374,21 @@ def train(
                 f"({result.wall_time_s:.0f} s so far)"
             )
     return result
+
+
+def _check_labels(labels: Tensor | None, images: Tensor, num_classes: int) -> None:
+    if labels is None:
+        raise DDPMError(
+            f"A conditional network (num_classes={num_classes}) trains on labelled images: pass labels= with one "
+            f"class per image, or train an unconditional network (num_classes=None)."
+        )
+    if labels.shape != (images.shape[0],):
+        raise DDPMError(f"labels must have one entry per image, shape ({images.shape[0]},), got {tuple(labels.shape)}.")
+    if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < num_classes):
+        raise DDPMError(
+            f"labels must lie in 0..{num_classes - 1} for num_classes={num_classes}, got "
+            f"{int(labels.min())}..{int(labels.max())}."
+        )
 
 
 def _save_epoch(

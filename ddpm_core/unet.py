@@ -22,6 +22,14 @@ self-attention after the blocks of chosen resolutions (as Ho et al. do at
 16x16), a learned strided convolution instead of max pooling, and zero
 initialisation of each residual branch's last convolution. The default uses
 none of them and has exactly 324,705 trainable parameters.
+
+``num_classes`` makes the network conditional, eps_theta(x_t, t, y), for
+classifier-free guidance (Ho and Salimans 2022): a learned embedding of the
+class label y is added to the timestep embedding, so every residual block reads
+"which digit" where it reads "which noise level". The table has one row more
+than there are classes: the last row is "no class", the label a training image
+gets when its label is dropped, so one network learns eps_theta(x_t, t, y) and
+the unconditional eps_theta(x_t, t) together.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from torch import Tensor, nn
 
 DOWNSAMPLES = ("maxpool", "conv")
 # What a stored configuration without these fields meant: the network before they were added.
-LEGACY_DEFAULTS = {"attention": (), "downsample": "maxpool", "zero_init": False}
+LEGACY_DEFAULTS = {"attention": (), "downsample": "maxpool", "zero_init": False, "num_classes": None}
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class UNetConfig:
     attention: tuple[int, ...] = ()  # resolutions (7, 14) whose blocks are followed by self-attention
     downsample: str = "maxpool"  # "maxpool" (no weights) or "conv" (3x3, stride 2)
     zero_init: bool = False  # start each residual branch and the output convolution at zero
+    num_classes: int | None = None  # None: unconditional; 10: eps_theta(x_t, t, y) for the digits 0..9
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +77,8 @@ class UNetConfig:
         for resolution in self.attention:
             if resolution not in sizes:
                 raise ValueError(f"attention at {resolution}x{resolution} needs one of the resolutions {sizes}.")
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or self.num_classes < 1):
+            raise ValueError(f"num_classes must be a positive number of classes or None, got {self.num_classes!r}.")
         for width in self.channels:
             if width % self.num_groups:
                 raise ValueError(f"num_groups={self.num_groups} must divide every width, not {width}.")
@@ -228,11 +239,30 @@ class UNet(nn.Module):
                 nn.init.zeros_(module.conv2.bias)
             nn.init.zeros_(self.conv_out.weight)
             nn.init.zeros_(self.conv_out.bias)
+        # Created last, so a conditional network starts from the same weights as the unconditional one.
+        self.class_embed = None
+        if config.num_classes is not None:
+            # One row per class and a last one for "no class": (num_classes + 1) x time_embed_dim weights.
+            self.class_embed = nn.Embedding(config.num_classes + 1, config.time_embed_dim)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    @property
+    def null_label(self) -> int | None:
+        """The label that means "no class" (the embedding's last row), or None for an unconditional network."""
+        return self.config.num_classes
+
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)  # match the weights' layout (faster on CPU)
         time_emb = self.time_embed(t)  # (B,) -> (B, time_embed_dim)
+        if self.class_embed is not None:
+            if labels is None:  # the unconditional prediction: every image gets "no class"
+                labels = torch.full(t.shape, self.null_label, dtype=torch.long, device=t.device)
+            time_emb = time_emb + self.class_embed(labels)  # (B,) -> (B, time_embed_dim), added to t's embedding
+        elif labels is not None:
+            raise ValueError(
+                "This UNet is unconditional (num_classes=None) and cannot take class labels; build it with "
+                "UNetConfig(num_classes=10) and train it with labels to ask for a digit."
+            )
         h = self.conv_in(x)  # (B, 1, 28, 28) -> (B, C0, 28, 28)
         skips = []
         for level, down_block in enumerate(self.down_blocks):
