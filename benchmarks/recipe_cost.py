@@ -7,6 +7,8 @@ Each round times every recipe in turn (the same process, alternating, so a slowe
 shared machine hits all of them alike);
 the best round of each is reported, with its ratio to the reference recipe and the 15-epoch time
 that ratio gives from a measured 15-epoch time of the reference recipe (``--reference-minutes``).
+The book's recipe is also timed as the class-conditional network of classifier-free guidance
+(row "conditional"): its labels, label dropout and class embedding.
 
     python -m benchmarks.recipe_cost
     python -m benchmarks.recipe_cost --quick
@@ -25,7 +27,8 @@ from ddpm_core.device import device_description, keep_freed_memory, resolve_devi
 from ddpm_core.training import TrainConfig, train_step
 from ddpm_core.unet import UNet, UNetConfig, count_parameters
 
-MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init")
+MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init", "num_classes")
+CHOSEN = "tuned_minsnr_lr2e-3"  # the book's default recipe, also timed as a class-conditional network
 
 
 class RecipeStep:
@@ -43,13 +46,15 @@ class RecipeStep:
         self.schedule = self.config.schedule()
         self.generator = torch.Generator().manual_seed(0)
         self.pool = [torch.rand(batch_size, 1, 28, 28, generator=self.generator) * 2 - 1 for _ in range(4)]
+        self.labels = (torch.randint(0, config.num_classes, (batch_size,), generator=self.generator)
+                       if config.num_classes is not None else None)
         self.calls = 0
 
     def __call__(self) -> None:
         x0 = self.pool[self.calls % len(self.pool)]
         # A step in the middle of a long run: past any warm-up, so every part of the recipe is active.
         train_step(self.model, self.schedule, self.optimizer, x0, self.generator, self.config,
-                   step=1_000 + self.calls, total_steps=10_000, ema_state=self.ema)
+                   step=1_000 + self.calls, total_steps=10_000, ema_state=self.ema, labels=self.labels)
         self.calls += 1
 
 
@@ -71,6 +76,8 @@ def main() -> None:
     print(f"device: {device_description(device)}; batch {args.batch_size}, best of {args.rounds} rounds "
           f"of {args.steps} steps")
     steps = {name: RecipeStep(c["recipe"], device, args.batch_size) for name, c in CANDIDATES.items()}
+    steps["conditional"] = RecipeStep({**CANDIDATES[CHOSEN]["recipe"], "num_classes": 10}, device,
+                                             args.batch_size)
     best = dict.fromkeys(steps, float("inf"))
     for _ in range(args.rounds):
         for name, step in steps.items():

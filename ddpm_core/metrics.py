@@ -5,6 +5,7 @@
     classifier_scores    confident fraction, class histogram and the Inception Score (Salimans et al. 2016)
     nearest_neighbours   pixel-space nearest training images, to look for memorisation
     lock_in_timesteps    at which timestep of the reverse process a sample's digit is decided
+    conditional_scores   for samples asked to be given digits: how often they are, how good, how varied
     evaluate_samples     all of the above for one set of samples; format_metrics_table prints them
     corrupt              blurred or noised copies of real images, to calibrate the numbers
 
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddpm_core.classifier import NUM_CLASSES, MNISTClassifier, predict_logits
+from ddpm_core.classifier import NUM_CLASSES, MNISTClassifier, predict_features, predict_logits
 from ddpm_core.errors import DDPMError
 from ddpm_core.sampling import Trajectory
 
@@ -189,6 +190,79 @@ def lock_in_timesteps(trajectory: Trajectory, classifier: MNISTClassifier) -> tu
     first_stable = stable.long().argmax(dim=0)  # the first True; stable[-1] is always True
     lock_in_t = torch.tensor(trajectory.timesteps, dtype=torch.long)[first_stable]
     return agreement, lock_in_t
+
+
+def mean_pairwise_distance(features: Tensor) -> float:
+    """The mean Euclidean distance between two different rows of ``features`` (N, D), N >= 2."""
+    distances = torch.cdist(features.double(), features.double())
+    n = len(features)
+    return (distances.sum() / (n * (n - 1))).item()
+
+
+def conditional_scores(
+    samples: Tensor,
+    requested: Tensor,
+    real_images: Tensor,
+    real_labels: Tensor,
+    classifier: MNISTClassifier,
+    confidence: float = 0.9,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What the judge makes of samples that were asked to be given digits.
+
+    Args:
+        samples: generated images (N, 1, 28, 28) in [-1, 1] (clipped here).
+        requested: the digit each sample was asked to be, (N,).
+        real_images, real_labels: held-out real digits and their labels, e.g. MNIST's test set.
+        classifier: the judge.
+        confidence: the top probability that counts as confident.
+        seed: chooses the random real subsets.
+
+    Returns a dict with
+        accuracy              share of samples the judge reads as the requested digit
+        confident_fraction    share whose top class probability is >= ``confidence``
+        frechet_distance      against a random subset of ``len(samples)`` real images
+        class_frechet         {digit: Frechet distance of that digit's samples to all real images of
+                              the digit}; biased upwards at small counts, so compare equal counts only
+        class_frechet_real    the same for a random subset of as many real digits as there are
+                              samples (against the rest of that digit's real images): the floor
+        diversity             {digit: mean pairwise feature distance among that digit's samples divided by
+                              the same among as many random real images of the digit}; 1 is as varied as
+                              real handwriting, below 1 more alike
+        diversity_mean        the mean of ``diversity`` over the digits
+    """
+    _check_images(samples, "samples", minimum=2)
+    samples = samples.clamp(-1.0, 1.0)
+    requested = torch.as_tensor(requested, dtype=torch.long)
+    if requested.shape != (len(samples),):
+        raise DDPMError(f"requested must hold one digit per sample, shape ({len(samples)},), got {tuple(requested.shape)}.")
+    probabilities = predict_logits(classifier, samples).double().softmax(dim=1)
+    top, predicted = probabilities.max(dim=1)
+    features = predict_features(classifier, samples)
+    generator = torch.Generator().manual_seed(seed)
+    class_frechet, class_frechet_real, diversity = {}, {}, {}
+    for digit in requested.unique().tolist():
+        mine = requested == digit
+        real = real_images[real_labels == digit]
+        if mine.sum() < 2 or len(real) < 2 * int(mine.sum()):
+            raise DDPMError(f"digit {digit} needs at least 2 samples and twice as many real images as samples.")
+        order = torch.randperm(len(real), generator=generator)
+        held, rest = real[order[: int(mine.sum())]], real[order[int(mine.sum()) :]]
+        class_frechet[digit] = frechet_distance(real, samples[mine], classifier)
+        class_frechet_real[digit] = frechet_distance(rest, held, classifier)
+        diversity[digit] = mean_pairwise_distance(features[mine]) / mean_pairwise_distance(
+            predict_features(classifier, held)
+        )
+    return {
+        "num_samples": len(samples),
+        "accuracy": (predicted == requested).double().mean().item(),
+        "confident_fraction": (top >= confidence).double().mean().item(),
+        "frechet_distance": frechet_distance(random_subset(real_images, len(samples), seed), samples, classifier),
+        "class_frechet": class_frechet,
+        "class_frechet_real": class_frechet_real,
+        "diversity": diversity,
+        "diversity_mean": sum(diversity.values()) / len(diversity),
+    }
 
 
 def random_subset(images: Tensor, n: int, seed: int = 0) -> Tensor:

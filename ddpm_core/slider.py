@@ -11,7 +11,9 @@ Ho et al. 2020, eq. (15). Two forms exist:
   ``templates/trajectory_slider.html`` and ``templates/trajectory_slider.js``.
 - ``trajectory_widget``: ipywidgets, redrawn by the kernel, for live use in JupyterLab.
 
-``show_trajectory`` picks between them (see its docstring).
+``show_trajectory`` picks between them (see its docstring). ``StaticValueSlider``,
+``value_widget`` and ``show_values`` do the same for a slider over the settings of any
+other parameter, such as the guidance scale w of classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from importlib.resources import files
 from string import Template
 from typing import TYPE_CHECKING
 
+import torch
+from torch import Tensor
+
 from ddpm_core.errors import DDPMError
-from ddpm_core.viz import png_bytes, trajectory_grids
+from ddpm_core.viz import make_grid, png_bytes, trajectory_grids
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -183,3 +188,107 @@ def show_trajectory(
     if live:
         return trajectory_widget(trajectory, samples, scale, columns)
     return StaticTrajectorySlider(trajectory, samples, scale, columns)
+
+
+VALUE_PLAY_MS = 400  # a slider over a handful of settings plays slower than one over timesteps
+
+
+def _value_label(value: float) -> str:
+    return f"{value:g}"
+
+
+class StaticValueSlider:
+    """A slider over the settings of one parameter, such as the guidance scale w: a grid of images
+    per setting, embedded as PNG data URIs, so it works in the static book with no kernel.
+
+    The same idea as ``StaticTrajectorySlider``, for anything that is not a timestep: frame k
+    shows ``images[k]``, made with ``values[k]``, and the label reads "``symbol`` = value".
+
+    Args:
+        images: (K, N, C, H, W) in [-1, 1]: N images for each of the K settings.
+        values: the K settings, in slider order (left end first).
+        symbol: the parameter's name on the label, e.g. "w".
+        caption: the line above the picture.
+        columns: images per row of each grid (default: up to 8).
+        scale: screen pixels per image pixel.
+        element_id: id of the outer element; default a random one.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        values: Sequence[float],
+        symbol: str = "w",
+        caption: str = "samples",
+        columns: int | None = None,
+        scale: int = 2,
+        element_id: str | None = None,
+    ) -> None:
+        import html
+
+        _check_scale(scale)
+        if images.dim() != 5 or len(images) != len(values) or len(values) < 1:
+            raise DDPMError(
+                f"images must have shape (K, N, C, H, W) with K = len(values) = {len(values)} settings, "
+                f"got {tuple(images.shape)}."
+            )
+        element_id = element_id or f"ddpm-values-{uuid.uuid4().hex[:12]}"
+        columns = min(images.shape[1], 8) if columns is None else columns
+        grids = torch.stack([make_grid(frame, nrow=columns) for frame in images])
+        labels = [_value_label(v) for v in values]
+        frames = {"labels": labels, "images": [base64.b64encode(png_bytes(g)).decode("ascii") for g in grids]}
+        self.element_id, self.labels = element_id, labels
+        text = {"symbol": html.escape(symbol), "caption": html.escape(caption)}
+        self.html = _template("value_slider.html").substitute(
+            id=element_id,
+            max_index=len(labels) - 1,
+            values=html.escape(json.dumps(labels, separators=(",", ":"))),
+            name=html.escape(f"{symbol}, the setting shown"),
+            first=labels[0],
+            width=grids.shape[2] * scale,
+            height=grids.shape[1] * scale,
+            controls_width=max(grids.shape[2] * scale, 360),
+            image_first=frames["images"][0],
+            frames=json.dumps(frames, separators=(",", ":")),
+            script=_template("value_slider.js").substitute(id=element_id, frame_ms=VALUE_PLAY_MS, **text) + "\n",
+            **text,
+        )
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return f"StaticValueSlider(id={self.element_id!r}, {len(self.labels)} frames, {len(self.html)} chars)"
+
+
+def value_widget(
+    images: Tensor, values: Sequence[float], symbol: str = "w", caption: str = "samples",
+    columns: int | None = None, scale: int = 2,
+) -> ipywidgets.VBox:
+    """The live ipywidgets form of ``StaticValueSlider`` (same arguments): the kernel redraws the grid."""
+    import ipywidgets as widgets
+
+    _check_scale(scale)
+    columns = min(images.shape[1], 8) if columns is None else columns
+    grids = [make_grid(frame, nrow=columns) for frame in images]
+    labels = [_value_label(v) for v in values]
+    slider = widgets.SelectionSlider(options=labels, value=labels[0], description=symbol,
+                                     layout=widgets.Layout(width="420px"))
+    play = widgets.Play(min=0, max=len(labels) - 1, step=1, value=0, interval=VALUE_PLAY_MS)
+    widgets.jslink((play, "value"), (slider, "index"))
+    image = widgets.Image(value=png_bytes(grids[0], scale), format="png")
+    slider.observe(lambda change: setattr(image, "value", png_bytes(grids[labels.index(change["new"])], scale)),
+                   names="value")
+    return widgets.VBox([widgets.HBox([play, slider]), widgets.HTML(value=caption), image])
+
+
+def show_values(
+    images: Tensor, values: Sequence[float], symbol: str = "w", caption: str = "samples",
+    columns: int | None = None, scale: int = 2, live: bool | None = None,
+) -> StaticValueSlider | ipywidgets.VBox:
+    """The slider over settings for a notebook cell, static or live as ``show_trajectory`` decides."""
+    if live is None:
+        live = os.environ.get(LIVE_ENV, "").lower() in ("1", "true", "yes")
+    if live:
+        return value_widget(images, values, symbol, caption, columns, scale)
+    return StaticValueSlider(images, values, symbol, caption, columns, scale)

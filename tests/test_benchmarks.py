@@ -49,3 +49,5 @@ def test_recipe_cost_benchmark_times_every_candidate_at_the_same_parameter_count
     assert [row[0] for row in rows] == list(CANDIDATES)
     assert all(row[1] == "324,705" for row in rows)
     assert rows[0][0] == "reference" and rows[0][3] == "1.000"  # the baseline is its own ratio
+    conditional = [line.split() for line in out.splitlines() if line.startswith("conditional")]
+    assert len(conditional) == 1 and conditional[0][1] == "325,409"  # + the 11 x 64 label table

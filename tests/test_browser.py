@@ -283,3 +283,56 @@ def test_chapter_reads_offline(offline_browser, serve, book_root, chapter):
     offline_browser.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", toggle)
     time.sleep(0.5)
     assert "toggle-hidden" not in first.get_attribute("class"), f"{chapter}: the first solution did not open"
+
+
+GUIDANCE_PAGE = Path("_build/html/book/09_guidance.html")
+
+
+@pytest.fixture(scope="module")
+def value_page(serve, tmp_path_factory) -> str:
+    """The built guidance chapter, or a page with one synthetic slider over w where it is not built."""
+    import torch
+
+    from ddpm_core.slider import StaticValueSlider
+
+    book = REPO / GUIDANCE_PAGE
+    if book.is_file():
+        root = _site_root(book)
+        return f"{serve(root)}/{book.relative_to(root).as_posix()}"
+    if os.environ.get(REQUIRE_BOOK_ENV) == "1":
+        pytest.fail(f"{book} does not exist but ${REQUIRE_BOOK_ENV}=1 requires it: build the book first (make book).")
+    frames = torch.rand(5, 10, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    root = tmp_path_factory.mktemp("value-page")
+    slider = StaticValueSlider(frames, [0, 0.5, 1, 3, 20], symbol="w", columns=10).html
+    (root / "index.html").write_text(
+        '<!doctype html><html><head><meta charset="utf-8"><link rel="icon" href="data:,">'
+        f"<title>Guidance slider</title></head><body>{slider}</body></html>"
+    )
+    return f"{serve(root)}/index.html"
+
+
+def test_the_guidance_slider_steps_through_every_w_and_plays_to_the_end(browser, value_page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(value_page)
+    slider = browser.find_element(By.CSS_SELECTOR, ".ddpm-value-slider")
+    frames = browser.execute_script("return JSON.parse(arguments[0].textContent);", _part(slider, "frames"))
+    labels, image, label = frames["labels"], _part(slider, "image"), _part(slider, "label")
+    assert label.text == f"w = {labels[0]}" and labels[0] == "0"
+    assert image.get_attribute("src") == PNG_PREFIX + frames["images"][0]
+    _part(slider, "range").click()
+    _part(slider, "range").send_keys(Keys.HOME)
+    for k in range(1, len(labels)):
+        _part(slider, "range").send_keys(Keys.ARROW_RIGHT)
+        assert label.text == f"w = {labels[k]}"
+        assert image.get_attribute("data-value") == labels[k]
+        assert image.get_attribute("src") == PNG_PREFIX + frames["images"][k]
+    _part(slider, "range").send_keys(Keys.HOME)
+    _part(slider, "play").click()
+    deadline = time.monotonic() + 0.4 * len(labels) + 5
+    while label.text != f"w = {labels[-1]}" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert label.text == f"w = {labels[-1]}"
+    assert _decode(image.get_attribute("src")).shape[1] > 10 * 28  # ten digits side by side
+    _assert_no_console_errors(browser, value_page)

@@ -15,7 +15,7 @@ from ddpm_core.errors import DDPMError
 from ddpm_core.sampling import guided_eps, sample
 from ddpm_core.training import TrainConfig, drop_labels, train
 from ddpm_core.unet import count_parameters
-from tests.helpers import TINY_CONFIG, tiny_schedule
+from tests.helpers import TINY_CONFIG, needs_mnist, tiny_schedule
 
 TINY_CONDITIONAL = dataclasses.replace(TINY_CONFIG, num_classes=10)
 QUICK = TrainConfig(epochs=1, batch_size=16, num_steps=20, beta_start=1e-3, beta_end=0.2, lr_decay="constant")
@@ -232,3 +232,37 @@ def test_labels_for_an_unconditional_checkpoint_exit_with_status_2(tmp_path, cap
 def test_p_uncond_needs_conditional(capsys):
     assert main(["train", "--p-uncond", "0.2", "--out", "unused"]) == 2
     assert "--p-uncond applies only to a conditional network" in capsys.readouterr().err
+
+
+@needs_mnist
+def test_conditional_scores_read_real_digits_as_asked_and_as_varied_as_real():
+    from ddpm_core import load_mnist
+    from ddpm_core.classifier import load_classifier
+    from ddpm_core.metrics import conditional_scores
+
+    images, labels = load_mnist(train=False)
+    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    samples, requested = images[keep[:300]], labels[keep[:300]]
+    real, real_labels = images[keep[300:]], labels[keep[300:]]
+    judge = load_classifier()
+    honest = conditional_scores(samples, requested, real, real_labels, judge)
+    assert honest["accuracy"] > 0.97 and honest["confident_fraction"] > 0.9
+    assert 0.8 < honest["diversity_mean"] < 1.25  # real digits are as varied as real digits
+    assert set(honest["class_frechet"]) == set(range(10))
+    wrong = conditional_scores(samples, (requested + 1) % 10, real, real_labels, judge)
+    assert wrong["accuracy"] < 0.05  # every digit asked to be the next one
+    copies = conditional_scores(samples[requested == 3][:1].repeat(20, 1, 1, 1), torch.full((20,), 3), real,
+                                real_labels, judge)
+    assert copies["diversity_mean"] < 0.01  # twenty copies of one image have no variety
+
+
+def test_the_value_slider_embeds_one_frame_per_setting():
+    from ddpm_core.slider import StaticValueSlider
+
+    frames = torch.rand(3, 4, 1, 28, 28) * 2 - 1
+    slider = StaticValueSlider(frames, [0, 1.5, 8], symbol="w", caption="a <b>", element_id="s1")
+    assert slider.labels == ["0", "1.5", "8"]
+    assert slider.html.count('id="s1-range"') == 1 and 'max="2"' in slider.html
+    assert "w = 0" in slider.html and "a &lt;b&gt;" in slider.html  # the caption is escaped
+    with pytest.raises(DDPMError, match="K = len"):
+        StaticValueSlider(frames, [0, 1])
