@@ -12,7 +12,7 @@ else
 export DDPM_DATA_DIR := $(CURDIR)/data
 endif
 
-.PHONY: install test unit nbtest book execute train train-reference lab lint clean
+.PHONY: install test unit nbtest book execute train train-reference train-conditional lab lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ train: $(STAMP)
 train-reference: $(STAMP)
 	$(BIN)/python -m ddpm_core train --epochs 15 --out runs/reference-15ep --seed 0 --lr 2e-4 --warmup-steps 0 \
 		--lr-decay constant --grad-clip none --no-ema-warmup --loss-weighting uniform
+
+## train-conditional: the book's recipe as a class-conditional network for classifier-free guidance (chapter 9)
+train-conditional: $(STAMP)
+	$(BIN)/python -m ddpm_core train --conditional --epochs 15 --out runs/mnist-cond-15ep --seed 0
 
 ## lab: Jupyter Lab on the book, with live timestep sliders
 lab: $(STAMP)

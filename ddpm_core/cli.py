@@ -248,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--steps", type=_positive_int, default=None, help="DDIM steps (default 50)")
     evaluate.add_argument("--eta", type=_unit_interval, default=None, help="DDIM stochasticity (default 0)")
     evaluate.add_argument("--ema", action="store_true", help="use the EMA weights")
+    evaluate.add_argument("--guidance", type=_non_negative_float, default=None,
+                          help="conditional models: guidance w; sample i asks for digit i mod 10 (default 1)")
     evaluate.add_argument("--classifier", type=Path, default=None, help="judge weights (default: the packaged ones)")
     evaluate.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -315,8 +317,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         classifier_path=args.classifier,
         progress=not args.no_progress,
+        guidance=args.guidance,
     )
     print(format_metrics_table([result]))
+    if "accuracy" in result:
+        print(f"asked for digit i mod 10: {result['accuracy']:.1%} judged as asked; within-digit diversity "
+              f"{result['diversity_mean']:.3f} of real digits'; per-digit Frechet {result['class_frechet_mean']:.1f}")
     print(f"sampling took {result['sampling_seconds']:.1f} s; Frechet distance against a fixed random set of "
           f"{result['num_real']} MNIST test images; NN: distance to the nearest of the 60,000 training images")
     return 0

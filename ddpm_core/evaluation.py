@@ -19,7 +19,7 @@ from ddpm_core.data import load_mnist
 from ddpm_core.ddim import ddim_sample
 from ddpm_core.device import resolve_device
 from ddpm_core.errors import DDPMError
-from ddpm_core.metrics import evaluate_samples
+from ddpm_core.metrics import conditional_scores, evaluate_samples
 from ddpm_core.sampling import Labels, Trajectory, sample
 
 SAMPLERS = ("ddpm", "ddim")
@@ -82,20 +82,50 @@ def evaluate_checkpoint(
     device: str = "auto",
     classifier_path: str | Path | None = None,
     progress: bool = True,
+    guidance: float | None = None,
 ) -> dict[str, Any]:
     """Generate from ``checkpoint`` and return every metric of ``metrics.evaluate_samples``,
-    plus the sampler's name and the sampling wall time in seconds."""
+    plus the sampler's name and the sampling wall time in seconds.
+
+    A conditional checkpoint is asked for every class in turn (sample i, seed ``seed + i``, for
+    class i mod 10) with classifier-free guidance ``guidance`` (default 1), and the result adds
+    the metrics of ``metrics.conditional_scores``: "accuracy" (judged as asked), "diversity_mean"
+    and "class_frechet_mean". ``guidance`` is refused for an unconditional checkpoint.
+    """
     if num_samples < 2:
         raise DDPMError(f"num_samples must be at least 2 to compare distributions, got {num_samples}.")
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), use_ema=use_ema)
+    num_classes = loaded.model.config.num_classes
+    if num_classes is None and guidance is not None:
+        raise DDPMError(
+            f"The checkpoint {loaded.path} is an unconditional model, so --guidance cannot apply. Drop it, or "
+            f"evaluate a checkpoint trained with `python -m ddpm_core train --conditional`."
+        )
+    labels = None
+    if num_classes is not None:
+        if num_samples < 2 * num_classes:
+            raise DDPMError(f"A conditional model is evaluated on at least 2 samples of each of its {num_classes} "
+                            f"classes: pass --num-samples {2 * num_classes} or more, got {num_samples}.")
+        labels = torch.arange(num_samples) % num_classes
+        guidance = 1.0 if guidance is None else guidance
     classifier = load_classifier(classifier_path)
-    images, _, seconds = generate(loaded, num_samples, seed, sampler, steps, eta, progress=progress)
+    images, _, seconds = generate(loaded, num_samples, seed, sampler, steps, eta, progress=progress,
+                                  labels=labels, guidance=1.0 if guidance is None else guidance)
     check_finite_samples(images, loaded.path)  # NaN would crash the Frechet distance's matrix square root
-    test_images, _ = load_mnist(train=False)
+    test_images, test_labels = load_mnist(train=False)
     train_images, _ = load_mnist(train=True)
     metrics = evaluate_samples(images.cpu(), test_images, train_images, classifier)
     name = "DDPM-1000" if sampler == "ddpm" else f"DDIM-{steps} eta={eta:g}"
-    return {"name": name + (" EMA" if use_ema else ""), "sampling_seconds": seconds, **metrics}
+    name += " EMA" if use_ema else ""
+    if labels is not None:
+        scores = conditional_scores(images.cpu(), labels, test_images, test_labels, classifier)
+        metrics |= {
+            "accuracy": scores["accuracy"],
+            "diversity_mean": scores["diversity_mean"],
+            "class_frechet_mean": sum(scores["class_frechet"].values()) / len(scores["class_frechet"]),
+        }
+        name += f" w={guidance:g}"
+    return {"name": name, "sampling_seconds": seconds, **metrics}
 
 
 def loss_by_timestep(

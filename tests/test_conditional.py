@@ -266,3 +266,31 @@ def test_the_value_slider_embeds_one_frame_per_setting():
     assert "w = 0" in slider.html and "a &lt;b&gt;" in slider.html  # the caption is escaped
     with pytest.raises(DDPMError, match="K = len"):
         StaticValueSlider(frames, [0, 1])
+
+
+def test_the_committed_conditional_model_is_the_book_recipe_with_labels():
+    from dataclasses import asdict
+
+    from tests.helpers import REPO
+
+    metadata = read_metadata(REPO / "book" / "checkpoints" / "ddpm_mnist_conditional.safetensors")
+    assert UNetConfig.from_dict(metadata["model_config"]) == UNetConfig(num_classes=10)
+    assert metadata["train_config"] == asdict(TrainConfig())  # the default recipe, p_uncond 0.1, 15 epochs
+    assert metadata["epoch"] == 15 and len(metadata["loss_history"]) == 15
+
+
+@needs_mnist
+def test_evaluate_asks_a_conditional_model_for_every_digit(conditional_run, capsys):
+    assert main(["evaluate", "--checkpoint", str(conditional_run), "--num-samples", "20", "--sampler", "ddim",
+                 "--steps", "2", "--guidance", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "w=2" in out and "judged as asked" in out
+    assert main(["evaluate", "--checkpoint", str(conditional_run), "--num-samples", "10", "--no-progress"]) == 2
+    assert "at least 2 samples of each of its 10 classes" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_guidance_for_an_unconditional_checkpoint(tmp_path, capsys):
+    run = tmp_path / "plain"
+    train(run, QUICK, TINY_CONFIG, images=torch.rand(16, 1, 28, 28) * 2 - 1, progress=False)
+    assert main(["evaluate", "--checkpoint", str(run), "--guidance", "3", "--no-progress"]) == 2
+    assert "unconditional model, so --guidance cannot apply" in capsys.readouterr().err
