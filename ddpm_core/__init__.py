@@ -18,7 +18,9 @@ The modules, one idea each:
     classifier  the MNIST judge used to measure samples (its weights ship in weights/)
     metrics     Frechet distance, confidence, Inception Score, nearest neighbours
     evaluation  sample from a checkpoint and score it (python -m ddpm_core evaluate)
-    cli         the command line, python -m ddpm_core (train, sample, evaluate)
+    export      eps_theta to ONNX, checked against PyTorch (python -m ddpm_core export)
+    live        the placeholder of the book's in-browser generation panel (book/_static/live/)
+    cli         the command line, python -m ddpm_core (train, sample, evaluate, export)
 """
 
 __version__ = "0.1.0"

@@ -253,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--classifier", type=Path, default=None, help="judge weights (default: the packaged ones)")
     evaluate.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    export = commands.add_parser(
+        "export", help="export eps_theta(x_t, t) to ONNX, checked against PyTorch with ONNX Runtime"
+    )
+    export.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors or a training folder")
+    export.add_argument("--out", type=Path, required=True,
+                        help="the .onnx file; the schedule and provenance go beside it in a .json of the same name")
+    export.add_argument("--ema", action="store_true", help="export the EMA weights")
+    export.add_argument("--seeds", type=_non_negative_int, default=0,
+                        help="also write seeds.json beside it: x_T of seeds 0..N-1 as the samplers draw them")
     return parser
 
 
@@ -325,6 +334,28 @@ def _evaluate(args: argparse.Namespace) -> int:
               f"{result['diversity_mean']:.3f} of real digits'; per-digit Frechet {result['class_frechet_mean']:.1f}")
     print(f"sampling took {result['sampling_seconds']:.1f} s; Frechet distance against a fixed random set of "
           f"{result['num_real']} MNIST test images; NN: distance to the nearest of the 60,000 training images")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ddpm_core.export import export_onnx, write_seed_noise
+
+    if args.out.suffix.lower() != ".onnx":
+        raise DDPMError(f"The exported model's file name should end in .onnx, got {args.out}.")
+    check_writable(args.out)
+    check_writable(args.out.with_suffix(".json"))
+    if args.seeds:
+        check_writable(args.out.with_name("seeds.json"))
+    try:
+        report = export_onnx(args.checkpoint, args.out, use_ema=args.ema)
+    except OSError as error:
+        raise DDPMError(f"Cannot write the export next to {args.out}: {error}. Choose another output path.") from None
+    print(f"wrote {report.onnx_path} ({report.onnx_bytes / 1e6:.2f} MB) and {report.json_path}; ONNX Runtime matches "
+          f"PyTorch to {report.max_abs_difference:.1e} at batch sizes {list(report.checked_batches)} and t in "
+          f"{list(report.checked_timesteps)}")
+    if args.seeds:
+        seeds = write_seed_noise(list(range(args.seeds)), args.out.with_name("seeds.json"))
+        print(f"wrote {seeds}: x_T of seeds 0 to {args.seeds - 1}")
     return 0
 
 
@@ -519,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _train(args, argv)
             if args.command == "evaluate":
                 return _evaluate(args)
+            if args.command == "export":
+                return _export(args)
             return _sample(args)
         except DDPMError as error:
             print(f"error: {error}", file=sys.stderr)
