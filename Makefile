@@ -12,7 +12,7 @@ else
 export DDPM_DATA_DIR := $(CURDIR)/data
 endif
 
-.PHONY: install test unit nbtest book execute train train-reference train-conditional lab lint clean
+.PHONY: install test unit nbtest book live-runtime live-model execute train train-reference train-conditional lab lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,28 @@ nbtest: $(STAMP)
 	rm -rf $(SCRATCH)
 	DDPM_QUICK=1 DDPM_SCRATCH=$(SCRATCH) $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider book/*.ipynb
 
-## book: build the HTML book from the stored outputs (no notebook is re-executed)
+## book: build the HTML book from the stored outputs (no notebook is re-executed), with the live panel's runtime
 book: $(STAMP)
 	$(BIN)/jupyter-book build . -W --keep-going --quiet
+	@$(MAKE) --no-print-directory live-runtime
 	@echo "The book is in _build/html/index.html"
+
+# onnxruntime-web for the live panel, pinned by package-lock.json: only the three files the page loads.
+ORT_FILES := ort.wasm.min.js ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
+live-runtime:
+	@if command -v npm >/dev/null 2>&1; then \
+		[ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; \
+		mkdir -p _build/html/_static/ort; \
+		cp $(addprefix node_modules/onnxruntime-web/dist/,$(ORT_FILES)) _build/html/_static/ort/; \
+	else \
+		rm -rf _build/html/_static/ort; \
+		echo "make book: npm was not found, so the live panel's runtime (onnxruntime-web) was left out and chapters 5 and 8 say so in its place; install Node.js and npm (apt-get install nodejs npm) and run make book again."; \
+	fi
+
+## live-model: re-export the committed checkpoint for the live panel (ONNX, its schedule, x_T of seeds 0-31)
+live-model: $(STAMP)
+	$(BIN)/python -m ddpm_core export --checkpoint book/checkpoints/ddpm_mnist.safetensors \
+		--out book/_static/live/model.onnx --seeds 32
 
 ## execute: re-run every chapter in full mode and store the outputs (chapter 4 trains for tens of minutes)
 execute: $(STAMP)

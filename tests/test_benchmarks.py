@@ -51,3 +51,17 @@ def test_recipe_cost_benchmark_times_every_candidate_at_the_same_parameter_count
     assert rows[0][0] == "reference" and rows[0][3] == "1.000"  # the baseline is its own ratio
     conditional = [line.split() for line in out.splitlines() if line.startswith("conditional")]
     assert len(conditional) == 1 and conditional[0][1] == "325,409"  # + the 11 x 64 label table
+
+
+def test_live_panel_benchmark_prints_the_browser_and_pytorch_rows():
+    import os
+
+    import pytest
+
+    if not (REPO / "_build" / "html" / "_static" / "ort" / "ort.wasm.min.js").is_file():
+        if os.environ.get("DDPM_REQUIRE_BOOK") == "1":
+            pytest.fail("the book with the live panel's runtime is not built: run make book")
+        pytest.skip("the book with the live panel's runtime is not built (make book)")
+    out = run_module("benchmarks.live_panel", "--quick")
+    assert "1 thread, optimisation all (default)" in out
+    assert "ms/call, batch 16" in out and "x PyTorch" in out and "DDIM-10 s" in out

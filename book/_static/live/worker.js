@@ -1,0 +1,91 @@
+// The live panel's Web Worker: it loads onnxruntime-web and the exported eps_theta, and runs the
+// reverse process of sampler.js off the page's main thread.
+// Messages in:  {type: "init", base, threads}, {type: "run", options}, {type: "cancel"},
+//               {type: "bench", batch, calls}
+// Messages out: {type: "ready", threads, backend} | {type: "missing", message} | {type: "error", message}
+//               {type: "step", k, total, t, x?, x0?} | {type: "done", samples, frames, seconds}
+//               {type: "cancelled"} | {type: "bench", msPerCall}
+"use strict";
+
+var session = null, schedule = null, cancelled = false, lastPost = 0;
+
+function fail(type, message) { self.postMessage({type: type, message: String(message)}); }
+
+async function init(base, threads, optimization) {
+  try {
+    importScripts(base + "../ort/ort.wasm.min.js");
+  } catch (error) {
+    fail("missing", "onnxruntime-web was left out when this book was built (Node.js and npm were not " +
+      "installed). Install them and run `make book` again to get the live panel.");
+    return;
+  }
+  try {
+    importScripts(base + "sampler.js");
+    ort.env.wasm.wasmPaths = new URL("../ort/", new URL(base, self.location.href)).href;
+    ort.env.wasm.numThreads = threads;
+    ort.env.logLevel = "error";
+    var [meta, model] = await Promise.all([
+      fetch(base + "model.json").then(function (r) { return r.json(); }),
+      fetch(base + "model.onnx").then(function (r) { return r.arrayBuffer(); }),
+    ]);
+    schedule = meta;
+    session = await ort.InferenceSession.create(model, {
+      executionProviders: ["wasm"], graphOptimizationLevel: optimization || "all",
+    });
+    self.postMessage({type: "ready", threads: ort.env.wasm.numThreads, checkpoint: meta.checkpoint.sha256});
+  } catch (error) {
+    fail("error", "The model could not be loaded: " + error);
+  }
+}
+
+// A zero-delay turn of the event loop, so that a "cancel" message is read between two network calls
+// (setTimeout(0) would wait up to 4 ms each time).
+var channel = new MessageChannel(), resumes = [];
+channel.port1.onmessage = function () { resumes.shift()(); };
+function yieldToMessages() {
+  return new Promise(function (resolve) { resumes.push(resolve); channel.port2.postMessage(null); });
+}
+
+async function eps(x, t, batch) {
+  var shape = [batch].concat(schedule.image_shape);
+  var steps = new Float32Array(batch).fill(t);
+  var out = await session.run({x: new ort.Tensor("float32", x, shape), t: new ort.Tensor("float32", steps, [batch])});
+  await yieldToMessages();
+  return out.eps.data;
+}
+
+async function run(options) {
+  cancelled = false;
+  var started = performance.now();
+  var result = await DDPMSampler.run(schedule, eps, options, function (step) {
+    var now = performance.now(), message = {type: "step", k: step.k, total: step.total, t: step.t};
+    if (now - lastPost > 40 || step.k === step.total) {  // images at most 25 times a second
+      message.x = step.x.slice(); message.x0 = step.x0.slice();
+      lastPost = now;
+    }
+    self.postMessage(message);
+  }, function () { return cancelled; });
+  if (result === null) { self.postMessage({type: "cancelled"}); return; }
+  self.postMessage({type: "done", samples: result.samples, frames: result.frames, size: result.size,
+    batch: result.batch, seconds: (performance.now() - started) / 1000});
+}
+
+async function bench(batch, calls) {
+  var size = schedule.image_shape.reduce(function (a, b) { return a * b; }, 1);
+  var x = new Float32Array(batch * size);
+  new DDPMSampler.Gaussian(0).fill(x, 0, x.length);
+  await eps(x, 500, batch);  // warm-up
+  var started = performance.now();
+  for (var i = 0; i < calls; i++) { await eps(x, 1000 - i, batch); }
+  self.postMessage({type: "bench", msPerCall: (performance.now() - started) / calls});
+}
+
+self.onmessage = function (event) {
+  var m = event.data;
+  var job = m.type === "init" ? init(m.base, m.threads, m.optimization)
+    : m.type === "run" ? run(m.options)
+    : m.type === "bench" ? bench(m.batch, m.calls)
+    : null;
+  if (m.type === "cancel") { cancelled = true; }
+  if (job) { job.catch(function (error) { fail("error", error && error.message ? error.message : error); }); }
+};
