@@ -39,10 +39,11 @@ book: $(STAMP)
 	@echo "The book is in _build/html/index.html"
 
 # onnxruntime-web for the live panel, pinned by package-lock.json: only the three files the page loads.
+NPM ?= npm
 ORT_FILES := ort.wasm.min.js ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
 live-runtime:
-	@if command -v npm >/dev/null 2>&1; then \
-		[ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; \
+	@if command -v $(NPM) >/dev/null 2>&1; then \
+		[ node_modules/.package-lock.json -nt package-lock.json ] || $(NPM) ci --no-audit --no-fund --loglevel=error; \
 		mkdir -p _build/html/_static/ort; \
 		cp $(addprefix node_modules/onnxruntime-web/dist/,$(ORT_FILES)) _build/html/_static/ort/; \
 	else \

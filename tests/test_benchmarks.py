@@ -64,4 +64,4 @@ def test_live_panel_benchmark_prints_the_browser_and_pytorch_rows():
         pytest.skip("the book with the live panel's runtime is not built (make book)")
     out = run_module("benchmarks.live_panel", "--quick")
     assert "1 thread, optimisation all (default)" in out
-    assert "ms/call, batch 16" in out and "x PyTorch" in out and "DDIM-10 s" in out
+    assert "ms/call, batch 16" in out and "x PyTorch 2t" in out and "DDIM-10 s" in out
