@@ -20,6 +20,7 @@ The modules, one idea each:
     evaluation  sample from a checkpoint and score it (python -m ddpm_core evaluate)
     export      eps_theta to ONNX, checked against PyTorch (python -m ddpm_core export)
     live        the placeholder of the book's in-browser generation panel (book/_static/live/)
+    distributed data-parallel training under torchrun (DDP): ranks, noise shards, the process group
     cli         the command line, python -m ddpm_core (train, sample, evaluate, export)
 """
 

@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="uniform (L_simple) or min_snr (default %(default)s)")
     train.add_argument("--min-snr-gamma", type=_positive_float, default=tc.min_snr_gamma,
                        help="gamma of min_snr (default %(default)s)")
+    train.add_argument("--precision", choices=("fp32", "bf16"), default=tc.precision,
+                       help="bf16: the network under bfloat16 autocast, the loss in fp32 (default fp32)")
     train.add_argument("--channels", type=_width_list, default=uc.channels,
                        help="widths at 28, 14 and 7 pixels, e.g. 32,32,48 (default %(default)s)")
     train.add_argument("--time-embed-dim", type=_positive_int, default=uc.time_embed_dim,
@@ -360,14 +362,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _saved_epoch(out_dir: Path) -> int | None:
-    """The epoch that ``--resume`` would continue from in ``out_dir``, or None if there is none."""
-    from ddpm_core.checkpoint import load_resume_state
-    from ddpm_core.training import RESUME_FILE
+    from ddpm_core.training import saved_epoch
 
-    try:
-        return int(load_resume_state(out_dir / RESUME_FILE)["epoch"])
-    except (OSError, DDPMError):
-        return None
+    return saved_epoch(out_dir)
 
 
 def _resume_command(argv: list[str]) -> str:
@@ -400,6 +397,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         loss_weighting=args.loss_weighting,
         min_snr_gamma=args.min_snr_gamma,
         p_uncond=TrainConfig.p_uncond if args.p_uncond is None else args.p_uncond,
+        precision=args.precision,
     )
     try:
         model_config = dataclasses.replace(UNetConfig(), channels=args.channels, time_embed_dim=args.time_embed_dim,
@@ -419,6 +417,8 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
             f"The disk is full: {error} The run's last checkpoint in {args.out} ({kept}) is intact. Free at "
             f"least {error.needed_bytes / 1e6:.1f} MB there, then continue with `{_resume_command(argv)}`."
         ) from None
+    if int(os.environ.get("RANK", "0") or 0) > 0:  # under torchrun, rank 0 reports for every process
+        return 0
     if args.no_progress:  # the bar's per-epoch lines were off: list the epochs here
         for epoch, loss in enumerate(result.loss_history, start=1):
             print(f"epoch {epoch}/{config.epochs}: mean loss {loss:.4f}")

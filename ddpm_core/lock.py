@@ -107,6 +107,8 @@ def holds_run_lock(function: F) -> F:
 
     @functools.wraps(function)
     def locked(out_dir: str | Path, *args: Any, **kwargs: Any) -> Any:
+        if int(os.environ.get("RANK", "0") or 0) > 0:  # under torchrun, rank 0 holds the lock for all
+            return function(out_dir, *args, **kwargs)
         with RunLock(out_dir):
             remove_stale_temporaries(Path(out_dir))
             return function(out_dir, *args, **kwargs)

@@ -20,8 +20,10 @@ resumed with more epochs; a cosine-decay run only with the epochs it was planned
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ddpm_core import distributed
 from ddpm_core.checkpoint import library_versions, load_resume_state, save_resume_state, save_weights
 from ddpm_core.data import load_mnist
 from ddpm_core.device import device_description, keep_freed_memory, resolve_device
@@ -46,8 +49,9 @@ LOSS_WEIGHTINGS = ("uniform", "min_snr")
 # What a stored run without these settings did: the training loop before they were added.
 LEGACY_TRAIN_DEFAULTS = {
     "warmup_steps": 0, "lr_decay": "constant", "grad_clip": None, "ema_warmup": False,
-    "loss_weighting": "uniform", "min_snr_gamma": 5.0, "p_uncond": 0.1,
+    "loss_weighting": "uniform", "min_snr_gamma": 5.0, "p_uncond": 0.1, "precision": "fp32",
 }
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class TrainConfig:
     loss_weighting: str = "min_snr"  # "uniform" (L_simple) or "min_snr" (Hang et al. 2023)
     min_snr_gamma: float = 5.0  # gamma of min-SNR weighting: weight(t) = min(SNR(t), gamma) / SNR(t)
     p_uncond: float = 0.1  # conditional networks only: the share of labels dropped to "no class"
+    precision: str = "fp32"  # "bf16": the network's forward pass under bfloat16 autocast, the loss in fp32
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -95,6 +100,8 @@ class TrainConfig:
             raise DDPMError(f"min_snr_gamma must be positive (e.g. 5), got {self.min_snr_gamma}.")
         if not 0.0 <= self.p_uncond <= 1.0:
             raise DDPMError(f"p_uncond must lie between 0 and 1 (e.g. 0.1), got {self.p_uncond}.")
+        if self.precision not in PRECISIONS:
+            raise DDPMError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
 
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule(self.num_steps, self.beta_start, self.beta_end)
@@ -147,6 +154,31 @@ def min_snr_weights(schedule: NoiseSchedule, t: Tensor, gamma: float) -> Tensor:
     return snr.clamp(max=gamma) / snr
 
 
+def draw_t_and_noise(
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    generators: Sequence[torch.Generator],
+    labels: Tensor | None = None,
+    null_label: int | None = None,
+    p_uncond: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Lines 3 and 4 of Algorithm 1 for a batch: t ~ U{1..T}, eps ~ N(0, I) and the dropped labels.
+
+    The batch is cut into ``len(generators)`` equal parts (``tensor_split``), each drawn from its own
+    generator in the order t, eps, labels: one part for a single process, and under torchrun the
+    parts of the global batch this process holds (see ``ddpm_core.distributed``).
+    """
+    parts = range(len(generators))
+    label_parts = labels.tensor_split(len(generators)) if labels is not None else [None for _ in parts]
+    ts, noises, kept = [], [], []
+    for generator, x, part_labels in zip(generators, x0.tensor_split(len(generators)), label_parts, strict=True):
+        ts.append(torch.randint(1, schedule.num_steps + 1, (x.shape[0],), generator=generator))  # 3: t ~ U{1..T}
+        noises.append(torch.randn(x.shape, generator=generator))  # 4: eps ~ N(0, I)
+        if part_labels is not None:  # classifier-free guidance: some images train the "no class" prediction
+            kept.append(drop_labels(part_labels, null_label, p_uncond, generator))
+    return torch.cat(ts), torch.cat(noises), torch.cat(kept) if labels is not None else None
+
+
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     """The learning rate at optimiser step ``step`` (0-based) of a run of ``total_steps`` steps."""
     if step < config.warmup_steps:
@@ -162,12 +194,13 @@ def train_step(
     schedule: NoiseSchedule,
     optimizer: torch.optim.Optimizer,
     x0: Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     config: TrainConfig,
     step: int = 0,
     total_steps: int = 1,
     ema_state: dict[str, Tensor] | None = None,
     labels: Tensor | None = None,
+    share: float = 1.0,
 ) -> Tensor:
     """Lines 3 to 5 of Algorithm 1 (Ho et al. 2020) on one batch x0: draw t and eps, one gradient step.
 
@@ -176,35 +209,43 @@ def train_step(
         schedule: the noise schedule.
         optimizer: the optimiser of ``model``'s parameters.
         x0: a batch of training images in [-1, 1], (B, C, H, W), on the CPU.
-        generator: the CPU generator that draws every t and eps of the run.
+        generator: the CPU generator that draws every t and eps of the run, or one per noise shard
+            of the batch (see ``draw_t_and_noise``).
         config: the run's settings (loss weighting, learning-rate schedule, clipping, EMA).
         step: the 0-based optimiser step of the run, for the learning rate and the EMA warm-up.
         total_steps: the run's number of optimiser steps, for the cosine decay.
         ema_state: the EMA weights, updated in place (None: no EMA).
         labels: the classes of x0, (B,), for a conditional network (None: unconditional). A share
             ``config.p_uncond`` of them, drawn by ``generator``, is replaced by "no class".
+        share: under torchrun, the size of this process's part of the global batch times the number
+            of processes, divided by the global batch size (1 when the parts are equal, and alone):
+            DDP averages the processes' gradients, so scaling by it gives the global batch's mean.
 
     Returns:
         L_simple of the batch, a 0-d tensor. A loss that is not finite is returned before any
         update, so the caller can stop with the weights unchanged.
     """
-    device = next(model.parameters()).device
+    unet = getattr(model, "module", model)  # the UNet itself when DistributedDataParallel wraps it
+    device = next(unet.parameters()).device
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    t = torch.randint(1, schedule.num_steps + 1, (x0.shape[0],), generator=generator)  # 3: t ~ U{1..T}
-    noise = torch.randn(x0.shape, generator=generator)  # 4: eps ~ N(0, I)
-    if labels is not None:  # classifier-free guidance: some images train the "no class" prediction
-        labels = drop_labels(labels, model.null_label, config.p_uncond, generator).to(device)
+    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    # 3: t ~ U{1..T}, 4: eps ~ N(0, I), and the labels dropped to "no class" of a conditional network
+    t, noise, labels = draw_t_and_noise(schedule, x0, generators, labels, unet.null_label, config.p_uncond)
     x0, t, noise = (v.to(device) for v in (x0, t, noise))
+    labels = labels.to(device) if labels is not None else None
     x0 = x0.contiguous(memory_format=memory_format)
     noise = noise.contiguous(memory_format=memory_format)
     # 5: || eps - eps_theta(sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, eq. (14)
-    losses = per_sample_loss(model, schedule, x0, t, noise, labels)
+    bf16 = torch.autocast(device.type, dtype=torch.bfloat16) if config.precision == "bf16" else contextlib.nullcontext()
+    with bf16:  # the network in bfloat16; mse_loss runs in fp32 under autocast
+        losses = per_sample_loss(model, schedule, x0, t, noise, labels).float()
     loss = losses.mean()  # L_simple, the loss every run reports
     if not torch.isfinite(loss):
         return loss
     objective = loss
     if config.loss_weighting == "min_snr":
         objective = (min_snr_weights(schedule, t, config.min_snr_gamma) * losses).mean()
+    objective = objective * share  # exactly the objective alone (share 1)
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(config, step, total_steps)
     optimizer.zero_grad(set_to_none=True)
@@ -213,7 +254,7 @@ def train_step(
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()  # 5: the gradient step
     if ema_state is not None:
-        _update_ema(ema_state, model, config, step)
+        _update_ema(ema_state, unet, config, step)
     return loss
 
 
@@ -242,8 +283,12 @@ def train(
     images: Tensor | None = None,
     progress: bool = True,
     labels: Tensor | None = None,
+    noise_shards: int | None = None,
 ) -> TrainResult:
     """Train a UNet and write a checkpoint into ``out_dir`` after every epoch.
+
+    Under ``torchrun --nproc-per-node N`` each of the N processes runs this function: they split every
+    batch, DDP averages their gradients, and rank 0 alone writes (see ``ddpm_core.distributed``).
 
     Args:
         out_dir: folder for ``model.safetensors``, ``epochs/`` and ``resume.pt``.
@@ -255,12 +300,63 @@ def train(
         progress: show a tqdm progress bar per epoch and print each epoch's mean loss.
         labels: the classes of ``images``, (N,), which a conditional network
             (``model_config.num_classes``) needs; default: MNIST's training labels.
+        noise_shards: draw t and eps of each batch in this many parts, each from its own generator
+            (default: one per process). A single process with ``noise_shards=N`` trains as N
+            processes under torchrun do; a resumed run keeps the number it started with.
     """
     config = config or TrainConfig()
     model_config = model_config or UNetConfig()
     config.validate()
     out_dir = Path(out_dir)
+    ranks = distributed.ranks_from_env()
+    if config.batch_size % ranks.world_size:
+        raise DDPMError(
+            f"The batch of {config.batch_size} images cannot be split equally over {ranks.world_size} processes: "
+            f"choose a --batch-size that {ranks.world_size} divides (the batch is the global one, split across "
+            f"the processes), or another number of processes."
+        )
     device = device if isinstance(device, torch.device) else resolve_device(device)
+    if ranks.distributed:
+        device = distributed.start(ranks, device)
+        progress = progress and ranks.main
+    try:
+        return _train(out_dir, config, model_config, resume, device, images, progress, labels, noise_shards, ranks)
+    except Exception as error:
+        if ranks.distributed and distributed.lost_peer(error):
+            epoch = saved_epoch(out_dir)
+            kept = f"its last checkpoint (epoch {epoch})" if epoch else "no checkpoint yet"
+            raise DDPMError(
+                f"Process {ranks.rank} of {ranks.world_size} lost contact with the others: another process stopped "
+                f"or hung ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). {out_dir} "
+                f"holds {kept}, intact; find the failed process in torchrun's report above, then start the same "
+                f"command again with --resume."
+            ) from None
+        raise
+    finally:
+        if ranks.distributed:
+            distributed.stop()
+
+
+def saved_epoch(out_dir: Path) -> int | None:
+    """The epoch that ``resume=True`` would continue from in ``out_dir``, or None if there is none."""
+    try:
+        return int(load_resume_state(out_dir / RESUME_FILE)["epoch"])
+    except (OSError, DDPMError):
+        return None
+
+
+def _train(
+    out_dir: Path,
+    config: TrainConfig,
+    model_config: UNetConfig,
+    resume: bool,
+    device: torch.device,
+    images: Tensor | None,
+    progress: bool,
+    labels: Tensor | None,
+    noise_shards: int | None,
+    ranks: distributed.Ranks,
+) -> TrainResult:
     if device.type == "cpu":
         keep_freed_memory()  # no page fault per freed activation; see ddpm_core.device
     weights_path, resume_path = out_dir / WEIGHTS_FILE, out_dir / RESUME_FILE
@@ -287,18 +383,22 @@ def train(
     schedule = config.schedule()
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
 
-    torch.manual_seed(config.seed)  # the initial weights
+    torch.manual_seed(config.seed)  # the initial weights, the same in every process
     model = UNet(model_config).to(device=device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)  # draws every t and eps
+    state = load_resume_state(resume_path) if resume else None
+    noise_shards = int(state.get("noise_shards", 1)) if state is not None else noise_shards or ranks.world_size
+    shards = distributed.owned_shards(ranks, noise_shards)
+    # Every t and eps of the run: one generator per noise shard this process draws (one, alone).
+    generators = [torch.Generator().manual_seed(distributed.shard_seed(config.seed, j)) for j in shards]
     ema_state = (
         {k: v.detach().clone() for k, v in model.state_dict().items()} if config.ema_decay is not None else None
     )
-    result = TrainResult(out_dir=out_dir, device=device_description(device))
+    processes = f" x {ranks.world_size} processes (DDP)" if ranks.distributed else ""
+    result = TrainResult(out_dir=out_dir, device=device_description(device) + processes)
     start_epoch = 0
 
-    if resume:
-        state = load_resume_state(resume_path)
+    if state is not None:
         if UNetConfig.from_dict(state["model_config"]) != model_config:
             raise DDPMError(
                 f"The run in {out_dir} used the architecture {state['model_config']}, not {model_config.to_dict()}. "
@@ -322,7 +422,9 @@ def train(
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        for generator, saved_state in zip(generators, state.get("generators", [state["generator"]])[shards.start:],
+                                          strict=False):
+            generator.set_state(saved_state)
         torch.set_rng_state(state["torch_rng"])
         if ema_state is not None:
             ema_state = {k: v.to(device) for k, v in state["ema"].items()}
@@ -335,6 +437,9 @@ def train(
     n = images.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
+    stepped = model  # what the training step calls: DDP averages the gradients of all processes
+    if ranks.distributed:
+        stepped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     for epoch in range(start_epoch + 1, config.epochs + 1):
         model.train()
         started = time.perf_counter()
@@ -343,11 +448,13 @@ def train(
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
         for step in range(steps_per_epoch):
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x0 = images[batch]  # line 2 of Algorithm 1
+            local = batch.tensor_split(ranks.world_size)[ranks.rank]  # this process's part (all, alone)
+            x0 = images[local]  # line 2 of Algorithm 1
             b = x0.shape[0]
             global_step = (epoch - 1) * steps_per_epoch + step
-            loss = train_step(model, schedule, optimizer, x0, generator, config, global_step, total_steps, ema_state,
-                              labels=labels[batch] if labels is not None else None)
+            loss = train_step(stepped, schedule, optimizer, x0, generators, config, global_step, total_steps,
+                              ema_state, labels=labels[local] if labels is not None else None,
+                              share=b * ranks.world_size / len(batch))
             if not torch.isfinite(loss):
                 bar.close()
                 if epoch > 1:
@@ -365,9 +472,16 @@ def train(
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{total / seen:.4f}")
         bar.close()
+        generator_states = [g.get_state() for g in generators]
+        if ranks.distributed:  # the epoch's mean over all processes, and every shard's generator for rank 0
+            total, seen = distributed.all_sum([total, seen], device)
+            generator_states = [s for states in distributed.gather(generator_states) for s in states]
         result.loss_history.append(total / seen)
         result.wall_time_s += time.perf_counter() - started
-        _save_epoch(out_dir, epoch, model, ema_state, optimizer, generator, config, result)
+        if ranks.main:
+            _save_epoch(out_dir, epoch, model, ema_state, optimizer, generator_states, config, result)
+        if ranks.distributed:
+            distributed.barrier()  # no process runs ahead of the checkpoint
         if progress:
             tqdm.write(
                 f"epoch {epoch}/{config.epochs}: mean loss {result.loss_history[-1]:.4f} "
@@ -397,7 +511,7 @@ def _save_epoch(
     model: UNet,
     ema_state: dict[str, Tensor] | None,
     optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
+    generator_states: list[Tensor],
     config: TrainConfig,
     result: TrainResult,
 ) -> None:
@@ -420,7 +534,9 @@ def _save_epoch(
         "epoch": epoch,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(),
+        "generator": generator_states[0],  # noise shard 0: a single process's only generator
+        "generators": generator_states,  # every noise shard's, so any number of processes can resume
+        "noise_shards": len(generator_states),
         "torch_rng": torch.get_rng_state(),
         "ema": {k: v.detach().cpu() for k, v in ema_state.items()} if ema_state is not None else {},
         "loss_history": list(result.loss_history),
