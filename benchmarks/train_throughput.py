@@ -23,6 +23,11 @@ Run from the repository root (see benchmarks/README.md):
 
     python -m benchmarks.train_throughput --device auto
     python -m benchmarks.train_throughput --quick
+    python -m benchmarks.train_throughput --ddp-only   # the data-parallel rows alone
+
+On the CPU a last table times data-parallel training (``--processes``, default 2): that many Gloo
+processes of one thread each, each training its part of the global batch with the gradients
+all-reduced by ``DistributedDataParallel``, against one process with 1 thread and with all of them.
 """
 
 from __future__ import annotations
@@ -182,6 +187,10 @@ def parse_args() -> argparse.Namespace:
         help="comma-separated CPU thread counts for the extra threads rows (default: 1 and the number of cores)",
     )
     parser.add_argument("--no-diffusers", action="store_true", help="skip the comparison with diffusers")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="CPU only: also time data-parallel training in this many Gloo processes of one thread "
+                             "each, the global batch split among them (default 2; 0: skip)")
+    parser.add_argument("--ddp-only", action="store_true", help="time only the data-parallel rows and their baselines")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -236,6 +245,8 @@ def main() -> None:
         for threads in sorted({int(n) for n in wanted} - {default_threads}):
             variants.append(Variant("channels_last fp32", channels_last=True, bf16=False, threads=threads))
 
+    if args.ddp_only:
+        variants = []
     peaks: dict[tuple[torch.dtype, int], float] = {}
     rows = []
     for variant in variants:
@@ -263,9 +274,12 @@ def main() -> None:
         )
     torch.set_num_threads(default_threads)
     keep_freed_memory(True)
-    print_table(["variant", "threads", "ms/step", "images/s", "GFLOP/s", "matmul GFLOP/s", "% of matmul"], rows)
+    if rows:
+        print_table(["variant", "threads", "ms/step", "images/s", "GFLOP/s", "matmul GFLOP/s", "% of matmul"], rows)
+    if device.type == "cpu" and args.processes > 1:
+        compare_data_parallel(schedule, args, default_threads)
 
-    if args.no_diffusers:
+    if args.no_diffusers or args.ddp_only:
         return
     try:
         from diffusers import UNet2DModel
@@ -273,6 +287,71 @@ def main() -> None:
         print("\ndiffusers is not installed: skipping the comparison (pip install -r benchmarks/requirements.txt).")
         return
     compare_with_diffusers(UNet2DModel, schedule, device, args, gflop_per_step)
+
+
+def _ddp_worker(rank: int, world: int, port: int, args: argparse.Namespace, results) -> None:
+    """One Gloo process: its part of each global batch, gradients all-reduced by DDP; rank 0 reports."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    keep_freed_memory()
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        step = TrainStep(UNet(), NoiseSchedule(), torch.device("cpu"), args.batch_size // world, channels_last=True)
+        step.model = nn.parallel.DistributedDataParallel(step.model)
+        cpu = torch.device("cpu")
+        seconds_per_call(step, args.warmup, cpu)
+        best = float("inf")
+        for _ in range(args.rounds):
+            dist.barrier()
+            best = min(best, seconds_per_call(step, args.steps, cpu))
+        if rank == 0:
+            results.put(best)
+    finally:
+        dist.destroy_process_group()
+
+
+def compare_data_parallel(schedule: NoiseSchedule, args: argparse.Namespace, default_threads: int) -> None:
+    """Data-parallel training in ``args.processes`` Gloo processes against one process, on this CPU."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    world = args.processes
+    if args.batch_size % world:
+        raise DDPMError(f"--batch-size {args.batch_size} does not split over {world} processes.")
+    cpu = torch.device("cpu")
+    single = {}
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        step = TrainStep(UNet(), schedule, cpu, args.batch_size, channels_last=True)
+        seconds_per_call(step, args.warmup, cpu)
+        single[threads] = min(seconds_per_call(step, args.steps, cpu) for _ in range(args.rounds))
+    torch.set_num_threads(default_threads)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    workers = [context.Process(target=_ddp_worker, args=(rank, world, port, args, results)) for rank in range(world)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if any(worker.exitcode for worker in workers):
+        raise DDPMError(f"a data-parallel worker failed (exit codes {[w.exitcode for w in workers]}).")
+    ddp = results.get()
+    rows = [[f"1 process, {n} thread{'s' if n > 1 else ''}", f"{single[n] * 1e3:.1f}", f"{args.batch_size / single[n]:.0f}"]
+            for n in sorted(single)]
+    rows.append([f"{world} Gloo processes (DDP), 1 thread each", f"{ddp * 1e3:.1f}", f"{args.batch_size / ddp:.0f}"])
+    print(f"\ndata-parallel training, channels_last fp32, global batch {args.batch_size} "
+          f"({args.batch_size // world} per process):")
+    print_table(["variant", "ms/step", "images/s"], rows)
+    print(f"scaling efficiency of {world} processes: {single[default_threads] / ddp:.2f} of one process with "
+          f"{default_threads} threads, {single[1] / (world * ddp):.2f} of {world} x one process with 1 thread")
 
 
 def compare_with_diffusers(

@@ -25,6 +25,8 @@ def test_sampling_benchmark_prints_every_row():
 def test_training_benchmark_prints_every_variant():
     out = run_module("benchmarks.train_throughput", "--quick", "--no-diffusers", "--threads", "1")
     assert "GFLOP per training step" in out
+    if "device: cpu" in out:  # the data-parallel rows: two Gloo processes against one
+        assert "2 Gloo processes (DDP), 1 thread each" in out and "scaling efficiency of 2 processes" in out
     for row in ("NCHW fp32", "channels_last fp32", "channels_last bf16 autocast"):
         assert row in out
     if "device: cpu" in out:
