@@ -46,6 +46,7 @@ live-runtime:
 		[ node_modules/.package-lock.json -nt package-lock.json ] || $(NPM) ci --no-audit --no-fund --loglevel=error; \
 		mkdir -p _build/html/_static/ort; \
 		cp $(addprefix node_modules/onnxruntime-web/dist/,$(ORT_FILES)) _build/html/_static/ort/; \
+		$(BIN)/python -m ddpm_core.live _build/html/_static >/dev/null; \
 	else \
 		rm -rf _build/html/_static/ort; \
 		echo "make book: npm was not found, so the live panel's runtime (onnxruntime-web) was left out and chapters 5 and 8 say so in its place; install Node.js and npm (apt-get install nodejs npm) and run make book again."; \

@@ -79,21 +79,34 @@ def _choose(browser, **values):
         browser.execute_script("arguments[0].dispatchEvent(new Event('change'));", element)
 
 
-def test_ddim_from_a_shipped_seed_reproduces_pytorch(panel):
+def _assert_ddim_reproduces_pytorch(browser, seed: int) -> None:
     from ddpm_core import load_checkpoint
     from ddpm_core.data import to_uint8
     from ddpm_core.ddim import ddim_sample
 
-    _choose(panel, sampler="ddim", steps=10, eta=0, seed=3, **{"book-noise": True, "grid": False})
-    _part(panel, "generate").click()
-    _wait(panel, lambda: _state(panel) == "done", 60, "DDIM-10 to finish")
-    got = np.array(panel.execute_script("return Array.from(document.querySelector('div.ddpm-live').ddpmLive.result.uint8);"))
+    _choose(browser, sampler="ddim", steps=10, eta=0, seed=seed, **{"book-noise": True, "grid": False})
+    _part(browser, "generate").click()
+    _wait(browser, lambda: _state(browser) == "done", 60, "DDIM-10 to finish")
+    got = np.array(browser.execute_script(
+        "return Array.from(document.querySelector('div.ddpm-live').ddpmLive.result.uint8);"))
     loaded = load_checkpoint(REPO / "book" / "checkpoints" / "ddpm_mnist.safetensors")
-    expected, _ = ddim_sample(loaded.model, loaded.schedule, seeds=[3], steps=10, eta=0.0, progress=False)
+    expected, _ = ddim_sample(loaded.model, loaded.schedule, seeds=[seed], steps=10, eta=0.0, progress=False)
     expected = to_uint8(expected).flatten().numpy().astype(int)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 2  # 2/255 per pixel
     assert (expected > 128).sum() > 50  # a digit, not a blank
+
+
+def test_ddim_from_a_shipped_seed_reproduces_pytorch(panel):
+    _assert_ddim_reproduces_pytorch(panel, seed=3)
+
+
+def test_the_panel_runs_in_a_page_opened_from_disk(browser, site):
+    """file:// pages may not fetch or start a worker from a file: the panel uses file-mode.js instead."""
+    browser.get((site / PAGE).as_uri())
+    _wait(browser, lambda: _state(browser) not in (None, "loading"), 90, "the panel to load from disk")
+    assert _state(browser) == "ready", _text(browser, "message")
+    _assert_ddim_reproduces_pytorch(browser, seed=5)
 
 
 def test_ddpm_shows_progress_and_cancel_stops_it(panel):

@@ -9,6 +9,8 @@
   var BASE = script ? script.src.replace(/[^/]*$/, "") : "../_static/live/";
   var BOOK_SEEDS = 32;  // seeds.json holds x_T of seeds 0..31, chapter 5's grid and chapter 8's
   var params = new URLSearchParams(window.location.search);
+  var MISSING = "onnxruntime-web was left out when this book was built (Node.js and npm were not installed). " +
+    "Install them and run `make book` again to get the live panel.";
 
   function el(tag, attrs, children) {
     var node = document.createElement(tag);
@@ -51,10 +53,11 @@
     return out;
   }
 
-  function decodeNoise(record) {
-    var bytes = Uint8Array.from(atob(record.x_T), function (c) { return c.charCodeAt(0); });
-    return new Float32Array(bytes.buffer);
+  function decodeBytes(base64) {
+    return Uint8Array.from(atob(base64), function (c) { return c.charCodeAt(0); }).buffer;
   }
+
+  function decodeNoise(record) { return new Float32Array(decodeBytes(record.x_T)); }
 
   function Panel(root) {
     this.root = root;
@@ -158,26 +161,43 @@
   };
 
   Panel.prototype.start = function () {
+    if (window.location.protocol === "file:") { this.startFromDisk(); return; }
     var self = this;
-    try {
-      this.worker = new Worker(BASE + "worker.js");
-    } catch (error) {
-      this.state("error");
-      this.say("This browser does not start the panel's worker from a page opened from disk. Serve the book " +
-        "instead, for example: python -m http.server -d _build/html, then open http://localhost:8000.", true);
-      return;
-    }
-    this.worker.onmessage = function (event) { self.receive(event.data); };
-    this.worker.onerror = function (event) {
-      self.state("error");
-      self.say("The panel's worker failed: " + (event.message || "it could not be loaded") + ".", true);
-    };
+    this.listen(new Worker(BASE + "worker.js"));
     this.worker.postMessage({type: "init", base: BASE, threads: threadCount(),
       optimization: params.get("live-optimization") || "all"});
     fetch(BASE + "seeds.json").then(function (r) { return r.json(); }).then(function (record) {
       self.bookNoise = decodeNoise(record);
-      self.bookSeeds = record.seeds;
     }).catch(function () { self.bookNoise = null; });
+  };
+
+  // A page opened from disk may not fetch files or start a worker from a file: URL. make book writes
+  // everything into one script, file-mode.js, which a page may load; the worker starts from its text.
+  Panel.prototype.startFromDisk = function () {
+    var self = this, loaded = window.DDPM_LIVE_FILE;
+    var go = function () {
+      var f = window.DDPM_LIVE_FILE, code = f.ort + "\n" + f.sampler + "\n" + f.worker;
+      self.listen(new Worker(URL.createObjectURL(new Blob([code], {type: "text/javascript"}))));
+      var wasm = decodeBytes(f.wasm), model = decodeBytes(f.model);
+      self.worker.postMessage({type: "init", base: BASE, threads: 1, optimization: "all",
+        file: {mjs: f.mjs, wasm: wasm, model: model, meta: f.meta}}, [wasm, model]);
+      self.bookNoise = decodeNoise(f.seeds);
+    };
+    if (loaded) { go(); return; }
+    var tag = el("script", {src: BASE + "../ort/file-mode.js"});
+    tag.onload = go;
+    tag.onerror = function () { self.receive({type: "missing"}); };
+    document.head.appendChild(tag);
+  };
+
+  Panel.prototype.listen = function (worker) {
+    var self = this;
+    this.worker = worker;
+    worker.onmessage = function (event) { self.receive(event.data); };
+    worker.onerror = function (event) {
+      self.state("error");
+      self.say("The panel's worker failed: " + (event.message || "it could not be loaded") + ".", true);
+    };
   };
 
   Panel.prototype.options = function () {
@@ -233,7 +253,7 @@
     } else if (m.type === "missing" || m.type === "error") {
       this.state(m.type);
       this.part("generate").disabled = true;
-      this.say(m.message, true);
+      this.say(m.type === "missing" ? MISSING : m.message, true);
     } else if (m.type === "step") {
       var progress = this.part("progress");
       progress.value = m.k;

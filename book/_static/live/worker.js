@@ -1,8 +1,8 @@
 // The live panel's Web Worker: it loads onnxruntime-web and the exported eps_theta, and runs the
 // reverse process of sampler.js off the page's main thread.
-// Messages in:  {type: "init", base, threads}, {type: "run", options}, {type: "cancel"},
+// Messages in:  {type: "init", base, threads, optimization, file?}, {type: "run", options}, {type: "cancel"},
 //               {type: "bench", batch, calls}
-// Messages out: {type: "ready", threads, backend} | {type: "missing", message} | {type: "error", message}
+// Messages out: {type: "ready", threads, checkpoint} | {type: "missing"} | {type: "error", message}
 //               {type: "step", k, total, t, x?, x0?} | {type: "done", samples, frames, seconds}
 //               {type: "cancelled"} | {type: "bench", msPerCall}
 "use strict";
@@ -11,26 +11,36 @@ var session = null, schedule = null, cancelled = false, lastPost = 0;
 
 function fail(type, message) { self.postMessage({type: type, message: String(message)}); }
 
-async function init(base, threads, optimization) {
-  try {
-    importScripts(base + "../ort/ort.wasm.min.js");
-  } catch (error) {
-    fail("missing", "onnxruntime-web was left out when this book was built (Node.js and npm were not " +
-      "installed). Install them and run `make book` again to get the live panel.");
-    return;
+async function init(m) {
+  var base = m.base, file = m.file;  // file: everything fetched otherwise, for a page opened from disk
+  if (!file) {
+    try {
+      importScripts(base + "../ort/ort.wasm.min.js");
+    } catch (error) {
+      self.postMessage({type: "missing"});
+      return;
+    }
   }
   try {
-    importScripts(base + "sampler.js");
-    ort.env.wasm.wasmPaths = new URL("../ort/", new URL(base, self.location.href)).href;
-    ort.env.wasm.numThreads = threads;
+    var meta, model;
+    if (file) {  // onnxruntime-web and sampler.js came with this worker's own source
+      ort.env.wasm.wasmBinary = file.wasm;
+      ort.env.wasm.wasmPaths = {mjs: URL.createObjectURL(new Blob([file.mjs], {type: "text/javascript"}))};
+      meta = file.meta;
+      model = file.model;
+    } else {
+      importScripts(base + "sampler.js");
+      ort.env.wasm.wasmPaths = new URL("../ort/", new URL(base, self.location.href)).href;
+      [meta, model] = await Promise.all([
+        fetch(base + "model.json").then(function (r) { return r.json(); }),
+        fetch(base + "model.onnx").then(function (r) { return r.arrayBuffer(); }),
+      ]);
+    }
+    ort.env.wasm.numThreads = m.threads;
     ort.env.logLevel = "error";
-    var [meta, model] = await Promise.all([
-      fetch(base + "model.json").then(function (r) { return r.json(); }),
-      fetch(base + "model.onnx").then(function (r) { return r.arrayBuffer(); }),
-    ]);
     schedule = meta;
     session = await ort.InferenceSession.create(model, {
-      executionProviders: ["wasm"], graphOptimizationLevel: optimization || "all",
+      executionProviders: ["wasm"], graphOptimizationLevel: m.optimization || "all",
     });
     self.postMessage({type: "ready", threads: ort.env.wasm.numThreads, checkpoint: meta.checkpoint.sha256});
   } catch (error) {
@@ -84,7 +94,7 @@ async function bench(batch, calls) {
 
 self.onmessage = function (event) {
   var m = event.data;
-  var job = m.type === "init" ? init(m.base, m.threads, m.optimization)
+  var job = m.type === "init" ? init(m)
     : m.type === "run" ? run(m.options)
     : m.type === "bench" ? bench(m.batch, m.calls)
     : null;
