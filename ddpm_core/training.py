@@ -237,7 +237,7 @@ def train_step(
     noise = noise.contiguous(memory_format=memory_format)
     # 5: || eps - eps_theta(sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, eq. (14)
     bf16 = torch.autocast(device.type, dtype=torch.bfloat16) if config.precision == "bf16" else contextlib.nullcontext()
-    with bf16:  # the network in bfloat16; mse_loss runs in fp32 under autocast
+    with bf16:  # the network in bfloat16; its output meets the fp32 noise, so the loss is fp32
         losses = per_sample_loss(model, schedule, x0, t, noise, labels).float()
     loss = losses.mean()  # L_simple, the loss every run reports
     if not torch.isfinite(loss):

@@ -155,3 +155,12 @@ def test_torchrun_trains_from_the_command_line_and_sample_reads_its_checkpoint(t
     odd = subprocess.run(command[:-5] + ["--batch-size", "33", "--out", str(tmp_path / "odd"), "--no-progress"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert odd.returncode != 0 and "cannot be split equally over 2 processes" in odd.stderr
+
+
+def test_bf16_precision_trains_with_an_fp32_loss_and_is_recorded(tmp_path):
+    config = dataclasses.replace(CONFIG, epochs=1, precision="bf16")
+    result = train(tmp_path / "bf16", config, TINY_CONFIG, device="cpu", images=images(), progress=False)
+    assert all(torch.isfinite(torch.tensor(result.loss_history)))
+    assert load_checkpoint(tmp_path / "bf16").metadata["train_config"]["precision"] == "bf16"
+    with pytest.raises(DDPMError, match="precision must be one of"):
+        dataclasses.replace(CONFIG, precision="fp16").validate()
