@@ -12,7 +12,7 @@ else
 export DDPM_DATA_DIR := $(CURDIR)/data
 endif
 
-.PHONY: install test unit nbtest book live-runtime live-model execute train train-reference train-conditional lab lint clean
+.PHONY: install test unit nbtest book live-runtime live-model execute mutants train train-reference train-conditional lab lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ live-runtime:
 live-model: $(STAMP)
 	$(BIN)/python -m ddpm_core export --checkpoint book/checkpoints/ddpm_mnist.safetensors \
 		--out book/_static/live/model.onnx --seeds 32
+
+## mutants: break the package's maths one small edit at a time (in a scratch copy) and report which test catches each
+mutants: $(STAMP)
+	$(BIN)/python -m tests.mutants
 
 ## execute: re-run every chapter in full mode and store the outputs (chapter 4 trains for tens of minutes)
 execute: $(STAMP)

@@ -80,7 +80,8 @@ def test_ddpm_step_is_line_4_of_algorithm_2():
     schedule = tiny_schedule()
     generator = torch.Generator().manual_seed(0)
     xt, eps, z = (torch.randn((2, 1, 28, 28), generator=generator) for _ in range(3))
-    for t, variance in ((7, "beta"), (7, "posterior"), (1, "beta")):
+    # t = 2, the last step that adds noise, and t = 1, the only one that does not
+    for t, variance in ((7, "beta"), (7, "posterior"), (2, "beta"), (2, "posterior"), (1, "beta")):
         x_prev = ddpm_step(schedule, xt, eps, t, z, variance)
         a, b, ab = schedule.alphas[t - 1], schedule.betas[t - 1], schedule.alpha_bars[t - 1]
         sigma_sq = b if variance == "beta" else (1 - schedule.alpha_bars[t - 2]) / (1 - ab) * b

@@ -200,3 +200,20 @@ def test_train_step_leaves_the_weights_alone_when_the_loss_is_not_finite():
     loss = train_step(model, config.schedule(), optimizer, x0, torch.Generator().manual_seed(0), config, ema_state=ema)
     assert not torch.isfinite(loss)
     assert all(torch.equal(before[k], v) and torch.equal(ema[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_ema_moves_a_share_one_minus_decay_towards_the_new_weights():
+    from ddpm_core.training import train_step
+    from ddpm_core.unet import UNet
+
+    config = TrainConfig(num_steps=50, channels_last=False, ema_decay=0.9, ema_warmup=False)
+    torch.manual_seed(0)
+    model = UNet(TINY_CONFIG)
+    ema = {k: v.clone() for k, v in model.state_dict().items()}
+    before = {k: v.clone() for k, v in ema.items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    train_step(model, config.schedule(), optimizer, synthetic_images(8), torch.Generator().manual_seed(0), config,
+               ema_state=ema)
+    for name, new in model.state_dict().items():  # ema = decay * ema + (1 - decay) * weights
+        torch.testing.assert_close(ema[name], 0.9 * before[name] + 0.1 * new, rtol=1e-5, atol=1e-7)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())

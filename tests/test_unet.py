@@ -36,3 +36,20 @@ def test_channels_last_gives_the_same_output_as_the_default_layout():
 def test_config_round_trips_through_a_dict():
     config = UNetConfig(channels=(16, 32, 32))
     assert UNetConfig.from_dict(config.to_dict()) == config
+
+
+def test_each_decoder_level_reads_its_encoder_level_through_the_skip():
+    """The UNet's skip connections: the decoder's input at each resolution ends with the encoder's output there."""
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(channels=(8, 8, 16), time_freq_dim=8, time_embed_dim=16)).eval()
+    encoder, decoder_inputs = [], []
+    for module in model.down_attention:
+        module.register_forward_hook(lambda module, args, out: encoder.append(out.detach().clone()))
+    for block in model.up_blocks:
+        block.register_forward_pre_hook(lambda module, args: decoder_inputs.append(args[0].detach().clone()))
+    with torch.no_grad():
+        model(torch.randn(2, 1, 28, 28), torch.tensor([10, 900]))
+    assert len(decoder_inputs) == len(encoder) == 3
+    for features, skip in zip(decoder_inputs, reversed(encoder), strict=True):
+        assert skip.abs().sum() > 0
+        assert torch.equal(features[:, -skip.shape[1]:], skip)  # concatenated after the decoder's own channels
