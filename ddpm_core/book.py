@@ -65,6 +65,18 @@ def show_source(obj: object) -> Code:
     return Code(inspect.getsource(obj), language="python")
 
 
+def check(passed: bool, claim: str, detail: str = "") -> None:
+    """State a claim the chapter makes and hold it to the numbers: print "✓ claim", or raise.
+
+    The chapters check their prose with this, so that a broken formula in the package fails the
+    chapter (and its test) instead of quietly changing a figure.
+    """
+    shown = f"{claim} ({detail})" if detail else claim
+    if not passed:
+        raise AssertionError(f"✗ {shown}: the numbers above no longer support this claim.")
+    print(f"✓ {shown}")
+
+
 def cached(path: str | Path, make: Callable[[], Any]) -> Any:
     """Load the result stored at ``path`` (a ``torch.save`` file), or compute it with ``make()`` and store it.
 

@@ -192,3 +192,12 @@ def test_built_pages_load_nothing_from_other_hosts():
     assert outside == {}
     mathjax = REPO / "_build" / "html" / "_static" / "mathjax" / "tex-chtml.js"
     assert mathjax.is_file(), "MathJax is not served from the book's _static folder"
+
+
+def test_check_prints_a_kept_claim_and_raises_on_a_broken_one(capsys):
+    from ddpm_core.book import check
+
+    check(True, "the chain agrees", "error 0.01")
+    assert capsys.readouterr().out == "✓ the chain agrees (error 0.01)\n"
+    with pytest.raises(AssertionError, match="✗ the chain agrees: the numbers above no longer support this claim"):
+        check(False, "the chain agrees")
