@@ -342,9 +342,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from ddpm_core.export import export_onnx, write_seed_noise
 
-    if args.out.suffix.lower() != ".onnx":
-        raise DDPMError(f"The exported model's file name should end in .onnx, got {args.out}.")
-    check_writable(args.out)
+    check_writable(args.out)  # export_onnx refuses a name without .onnx before it loads anything
     check_writable(args.out.with_suffix(".json"))
     if args.seeds:
         check_writable(args.out.with_name("seeds.json"))
@@ -361,12 +359,6 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _saved_epoch(out_dir: Path) -> int | None:
-    from ddpm_core.training import saved_epoch
-
-    return saved_epoch(out_dir)
-
-
 def _resume_command(argv: list[str]) -> str:
     return shlex.join(["python", "-m", "ddpm_core", *argv, *([] if "--resume" in argv else ["--resume"])])
 
@@ -375,7 +367,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     import dataclasses
 
     from ddpm_core.checkpoint import check_model_config
-    from ddpm_core.training import TrainConfig, train
+    from ddpm_core.training import TrainConfig, saved_epoch, train
     from ddpm_core.unet import UNetConfig
 
     if args.p_uncond is not None and not args.conditional:
@@ -411,7 +403,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         result = train(args.out, config, model_config, resume=args.resume, device=args.device,
                        progress=not args.no_progress)
     except DiskFullError as error:
-        epoch = _saved_epoch(args.out)
+        epoch = saved_epoch(args.out)
         kept = f"epoch {epoch}" if epoch is not None else "no finished epoch yet"
         raise DDPMError(
             f"The disk is full: {error} The run's last checkpoint in {args.out} ({kept}) is intact. Free at "
@@ -515,7 +507,9 @@ def _check_conditioning(args: argparse.Namespace, loaded) -> None:
 def _interrupted(args: argparse.Namespace, argv: list[str]) -> str:
     """The one line printed on Ctrl-C: what is on disk and how to go on."""
     if args.command == "train":
-        epoch = _saved_epoch(args.out)
+        from ddpm_core.training import saved_epoch
+
+        epoch = saved_epoch(args.out)
         if epoch is None:
             return (f"interrupted before the first epoch was saved: nothing was saved in {args.out}; "
                     f"start again with `{shlex.join(['python', '-m', 'ddpm_core', *argv])}`")

@@ -168,8 +168,7 @@ def draw_t_and_noise(
     generator in the order t, eps, labels: one part for a single process, and under torchrun the
     parts of the global batch this process holds (see ``ddpm_core.distributed``).
     """
-    parts = range(len(generators))
-    label_parts = labels.tensor_split(len(generators)) if labels is not None else [None for _ in parts]
+    label_parts = labels.tensor_split(len(generators)) if labels is not None else [None] * len(generators)
     ts, noises, kept = [], [], []
     for generator, x, part_labels in zip(generators, x0.tensor_split(len(generators)), label_parts, strict=True):
         ts.append(torch.randint(1, schedule.num_steps + 1, (x.shape[0],), generator=generator))  # 3: t ~ U{1..T}
