@@ -253,11 +253,16 @@ def train_step(
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()  # 5: the gradient step
     if ema_state is not None:
-        _update_ema(ema_state, unet, config, step)
+        update_ema(ema_state, unet, config, step)
     return loss
 
 
-def _update_ema(ema_state: dict[str, Tensor], model: UNet, config: TrainConfig, step: int) -> None:
+def update_ema(ema_state: dict[str, Tensor], model: torch.nn.Module, config: TrainConfig, step: int) -> None:
+    """Move the EMA weights a share 1 - d towards the model's: ema <- d ema + (1 - d) theta, in place.
+
+    d is ``config.ema_decay``; with ``config.ema_warmup`` it is min(d, (1 + n) / (10 + n)) for the
+    n-th update (n = step + 1), so the first updates forget the initial weights quickly.
+    """
     decay = config.ema_decay
     if config.ema_warmup:
         decay = min(decay, (2 + step) / (11 + step))  # n = step + 1 updates
