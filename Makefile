@@ -12,7 +12,7 @@ else
 export DDPM_DATA_DIR := $(CURDIR)/data
 endif
 
-.PHONY: install test unit nbtest book live-runtime live-model execute mutants train train-reference train-conditional lab lint clean
+.PHONY: install test unit nbtest book live-runtime live-model execute mutants mutation-score train train-reference train-conditional lab lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,8 @@ unit: $(STAMP)
 
 nbtest: $(STAMP)
 	rm -rf $(SCRATCH)
-	DDPM_QUICK=1 DDPM_SCRATCH=$(SCRATCH) $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider book/*.ipynb
+	DDPM_QUICK=1 DDPM_SCRATCH=$(SCRATCH) $(BIN)/python -m pytest --nbval-lax --nbval-sanitize-with book/nbval_sanitize.cfg \
+		-p no:cacheprovider book/*.ipynb
 
 ## book: build the HTML book from the stored outputs (no notebook is re-executed), with the live panel's runtime
 book: $(STAMP)
@@ -61,6 +62,14 @@ live-model: $(STAMP)
 mutants: $(STAMP)
 	$(BIN)/python -m tests.mutants
 
+## mutation-score: mutmut's own generated mutants of the schedule and samplers against their unit tests (long)
+MUTMUT_VERSION := 3.8.1
+mutation-score: $(STAMP)
+	$(BIN)/pip install --quiet "mutmut==$(MUTMUT_VERSION)"
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/python -m tests.mutation_score
+
 ## execute: re-run every chapter in full mode and store the outputs (chapter 4 trains for tens of minutes)
 execute: $(STAMP)
 	for nb in book/*.ipynb; do \
@@ -88,4 +97,4 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check ddpm_core tests benchmarks
 
 clean:
-	rm -rf _build $(SCRATCH) .pytest_cache
+	rm -rf _build $(SCRATCH) .pytest_cache mutants

@@ -4,6 +4,8 @@
   equals what ``show_source(X)`` gives now. Editing a listed function without re-executing its
   chapter (``make execute``) fails here.
 - Every code cell fits the page: no line longer than 88 characters.
+- Every listing is also checked under nbval (``nbval-check-output``), and every chapter states claims
+  with ``check(...)`` whose stored outputs show them kept; the sanitiser masks only what varies.
 - No stored output or notebook metadata carries widget state, so no page needs a widget manager.
 - Every chapter's Colab cell clones the address that ``_config.yml`` sets for the launch buttons.
 """
@@ -201,3 +203,46 @@ def test_check_prints_a_kept_claim_and_raises_on_a_broken_one(capsys):
     assert capsys.readouterr().out == "✓ the chain agrees (error 0.01)\n"
     with pytest.raises(AssertionError, match="✗ the chain agrees: the numbers above no longer support this claim"):
         check(False, "the chain agrees")
+
+
+CHECKED = "nbval-check-output"
+
+
+@pytest.mark.parametrize(("name", "index", "source"), listings(), ids=lambda v: str(v).split("\n")[0])
+def test_every_listing_is_compared_by_nbval(name, index, source):
+    tags = load(REPO / "book" / name)["cells"][index]["metadata"].get("tags", [])
+    assert CHECKED in tags, f"{name}, cell {index}: tag the listing {CHECKED!r} so that make nbtest compares it"
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] <= "08"], ids=lambda p: p.name)
+def test_every_chapter_checks_its_claims_and_stores_them_kept(path):
+    notebook = load(path)
+    calls = sum(text(cell["source"]).count("check(") for cell in code_cells(notebook))
+    outputs = "".join(
+        text(output.get("text", "")) for cell in code_cells(notebook) for output in cell.get("outputs", [])
+    )
+    assert calls >= 3, f"{path.name} checks {calls} claims with check(...)"
+    assert "\u2713 " in outputs, f"{path.name}: no stored output shows a kept claim; run the chapter"
+    assert "\u2717 " not in outputs, f"{path.name}: a stored output shows a broken claim"
+
+
+def test_the_sanitiser_masks_times_machines_and_temporary_paths():
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "book" / "nbval_sanitize.cfg")
+    rules = [(re.compile(section["regex"]), section["replace"]) for section in config.values() if "regex" in section]
+
+    def clean(line: str) -> str:
+        for pattern, replacement in rules:
+            line = pattern.sub(replacement, line)
+        return line
+
+    assert clean("trained 1 epochs on AMD EPYC, 1 threads x 2 processes (DDP) in 6 s") == clean(
+        "trained 1 epochs on Intel(R) Xeon(R) Processor, 2 threads in 12.5 s"
+    )
+    assert clean("checkpoint: /tmp/ddpm-scale-uetj2_jk/ddp/model.safetensors") == "checkpoint: <tmp>"
+    assert clean("72.0 min of training") == "<time> of training"
+    # numbers that are results, not timings, stay
+    assert clean("324,705 parameters, 11 labels x 64 = 704") == "324,705 parameters, 11 labels x 64 = 704"
+    assert clean("share dropped to 'no class': 0.0997") == "share dropped to 'no class': 0.0997"
