@@ -4,8 +4,10 @@ which test fails.
 Each mutant is one edit of the package, made in a scratch copy of the repository (the working
 tree is never touched). For each, the unit tests that cover the code run first (stopping at the
 first failure), then the chapter that explains the formula, in quick mode. The table names the
-first unit test that failed and says whether the chapter failed too. A mutant that no test
-catches is a hole in the tests; the script then exits with status 1.
+first unit test that failed and what in the chapter failed: a claim its `check(...)` no longer
+supports, a listing of the package's code that no longer matches (cells tagged
+nbval-check-output), or a cell that raised. A mutant that no test catches is a hole in the
+tests; the script then exits with status 1.
 
     make mutants                              # all mutants
     python -m tests.mutants --only ddim-sign  # one of them
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+NBVAL = ["--nbval-lax", "--nbval-sanitize-with", "book/nbval_sanitize.cfg"]  # as `make nbtest` runs the chapters
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ MUTANTS = (
            ("tests/test_unet.py",), "book/03_unet.ipynb"),
     Mutant("ema-1-minus-decay", "the EMA moves by decay instead of 1 - decay", "ddpm_core/training.py",
            "ema_state[name].lerp_(value, 1.0 - decay)", "ema_state[name].lerp_(value, decay)",
-           ("tests/test_training.py",), "book/04_training.ipynb"),
+           ("tests/test_training.py",), "book/07_sharp_digits.ipynb"),
     Mutant("frechet-no-trace", "the Frechet distance without its trace term", "ddpm_core/metrics.py",
            "    return float(metric.compute())",
            "    mean = lambda s, n: s / n  # noqa: E731\n"
@@ -107,17 +110,37 @@ def mutate(root: Path, mutant: Mutant) -> None:
     path.write_text(text.replace(mutant.old, mutant.new))
 
 
-def pytest(root: Path, args: list[str], quick: bool) -> tuple[bool, str]:
-    """Run pytest in ``root`` with its own copy of the package first on the path; (passed, first failure)."""
+def pytest(root: Path, args: list[str], quick: bool) -> tuple[bool, str, str]:
+    """Run pytest in ``root`` with its own copy of the package first on the path.
+
+    Returns (passed, first failing test, pytest's output). Unit tests stop at the first failure;
+    a chapter runs to its end, so that every claim it can no longer support is reported.
+    """
     env = {**os.environ, "PYTHONPATH": str(root), "DDPM_SCRATCH": str(root / "scratch")}
     if quick:
         env["DDPM_QUICK"] = "1"
-    done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider", *args],
+    stop = [] if quick else ["-x"]
+    done = subprocess.run([sys.executable, "-m", "pytest", *stop, "-q", "-rf", "-p", "no:cacheprovider", *args],
                           cwd=root, env=env, capture_output=True, text=True)
     failed = re.findall(r"^FAILED (\S+)", done.stdout, flags=re.M)
     if done.returncode not in (0, 1):
         failed = failed or [f"(pytest exit {done.returncode})"]
-    return done.returncode == 0, failed[0] if failed else ""
+    return done.returncode == 0, failed[0] if failed else "", done.stdout
+
+
+def chapter_verdict(passed: bool, output: str) -> str:
+    """What in a chapter caught the mutant: its first broken claim, else a changed listing, else an error."""
+    if passed:
+        return "missed"
+    claims = re.findall(r"AssertionError: \u2717 (.+?): the numbers above no longer support", output)
+    cells = re.findall(r"^FAILED \S+::Cell (\d+)", output, flags=re.M)
+    where = f"cell {cells[0]}" if cells else "a cell"
+    if claims:
+        more = f" (+{len(claims) - 1} more)" if len(claims) > 1 else ""
+        return f"check: {claims[0][:60]}{more}"
+    if re.search(r"mismatch '", output):
+        return f"listing or output of {where} changed"
+    return f"error in {where}"
 
 
 def main() -> int:
@@ -132,14 +155,14 @@ def main() -> int:
         root = scratch_copy()
         try:
             mutate(root, mutant)
-            unit_passed, unit_failure = pytest(root, list(mutant.tests), quick=False)
+            unit_passed, unit_failure, _ = pytest(root, list(mutant.tests), quick=False)
             chapter = "-"
             if mutant.chapter and not args.no_chapters:
-                chapter_passed, _ = pytest(root, ["--nbval-lax", mutant.chapter], quick=True)
-                chapter = f"{Path(mutant.chapter).stem}: " + ("missed" if chapter_passed else "caught")
+                chapter_passed, _, output = pytest(root, [*NBVAL, mutant.chapter], quick=True)
+                chapter = f"{Path(mutant.chapter).stem}: {chapter_verdict(chapter_passed, output)}"
         finally:
             shutil.rmtree(root, ignore_errors=True)
-        caught = not unit_passed or chapter.endswith("caught")
+        caught = not unit_passed or not (chapter == "-" or chapter.endswith("missed"))
         if not caught:
             survivors.append(mutant.name)
         rows.append((mutant.name, mutant.what, unit_failure or "missed", chapter, f"{time.perf_counter() - started:.0f}"))
