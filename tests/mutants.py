@@ -61,7 +61,7 @@ MUTANTS = (
            ("tests/test_ddim.py",), "book/08_ddim.ipynb"),
     Mutant("no-noise-at-t2", "no fresh noise at the last step but one (t = 2)", "ddpm_core/sampling.py",
            "if t == 1 or noise_scale == 0:", "if t <= 2 or noise_scale == 0:",
-           ("tests/test_sampling.py",), "book/05_generation.ipynb"),
+           ("tests/test_sampling.py",), "book/02_reverse_process.ipynb"),
     Mutant("unet-skip", "the UNet's skip connections carry zeros", "ddpm_core/unet.py",
            "torch.cat([h, skips.pop()], dim=1)", "torch.cat([h, torch.zeros_like(skips.pop())], dim=1)",
            ("tests/test_unet.py",), "book/03_unet.ipynb"),
@@ -132,6 +132,7 @@ def chapter_verdict(passed: bool, output: str) -> str:
     """What in a chapter caught the mutant: its first broken claim, else a changed listing, else an error."""
     if passed:
         return "missed"
+    output = re.sub(r"\x1b\[[0-9;]*m", "", output)  # the kernel's tracebacks come in colour
     claims = re.findall(r"AssertionError: \u2717 (.+?): the numbers above no longer support", output)
     cells = re.findall(r"^FAILED \S+::Cell (\d+)", output, flags=re.M)
     where = f"cell {cells[0]}" if cells else "a cell"
