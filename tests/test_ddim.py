@@ -18,7 +18,9 @@ def model() -> UNet:
     return UNet(UNetConfig(channels=(8, 8), time_freq_dim=8, time_embed_dim=16, num_groups=4)).eval()
 
 
-@pytest.fixture(scope="module")
+# A fresh schedule for every test (it costs microseconds), so that each test builds it itself: mutation
+# testing (`make mutation-score`) then knows every test that reads NoiseSchedule.__init__.
+@pytest.fixture
 def schedule() -> NoiseSchedule:
     # Large betas so that x_T is mostly noise after only T = 10 steps.
     return NoiseSchedule(num_steps=T, beta_start=0.05, beta_end=0.5)
@@ -109,6 +111,21 @@ def test_one_step_with_eta_zero_returns_the_prediction_from_x_T(model, schedule)
     torch.testing.assert_close(x0, trajectory.x0_pred[0], rtol=0, atol=1e-6)
 
 
+def test_the_default_step_is_deterministic_and_needs_no_noise():
+    schedule = NoiseSchedule()
+    x, eps = torch.randn(2, 1, 28, 28), torch.randn(2, 1, 28, 28)
+    default, _ = ddim_step(schedule, x, eps, 500, 480)
+    explicit, _ = ddim_step(schedule, x, eps, 500, 480, eta=0.0)
+    assert torch.equal(default, explicit)
+
+
+@pytest.mark.parametrize(("t", "t_prev"), [(500, 500), (500, 501), (1001, 10), (10, -1)])
+def test_a_step_must_go_back_in_time_within_the_schedule(t, t_prev):
+    x = torch.zeros(1, 1, 28, 28)
+    with pytest.raises(DDPMError, match="A DDIM step needs 0 <= t_prev < t <= 1000"):
+        ddim_step(NoiseSchedule(), x, x, t, t_prev)
+
+
 def test_noisy_step_without_noise_is_refused():
     schedule = NoiseSchedule()
     x = torch.zeros(1, 1, 28, 28)
@@ -124,6 +141,7 @@ def test_noisy_step_without_noise_is_refused():
         ({"steps": 2.5}, r"steps must be an integer.*got 2.5"),
         ({"eta": -0.1}, r"eta must be a number from 0 to 1.*got -0.1"),
         ({"eta": 1.5}, r"eta must be a number from 0 to 1.*got 1.5"),
+        ({"eta": True}, r"eta must be a number from 0 to 1.*got True"),
         ({"capture": [8]}, r"never visits timesteps \[8\]"),
         ({"capture": [T + 1]}, r"Captured timesteps must lie in 0..10"),
     ],
