@@ -74,10 +74,11 @@ def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
     steps = int(steps)
     if steps == 1:
         return [num_steps]
-    # floor(x + 1/2) rounds halves up (torch.round would round them to even); float64 keeps x exact enough
-    # that values which should be integers stay integers.
-    taus = torch.floor(torch.linspace(1, num_steps, steps, dtype=torch.float64) + 0.5).long()
-    return taus.flip(0).tolist()
+    # tau_k = floor(1 + k (T - 1) / (S - 1) + 1/2): halves round up (torch.round would round them to even).
+    # In integers, because a float linspace can land just below a half: for T = 1000, S = 59 it gives
+    # 500.4999... for 500.5 (the panel's sampler.js, which divides exactly there, gives 501).
+    taus = [(2 * k * (num_steps - 1) + 3 * (steps - 1)) // (2 * (steps - 1)) for k in range(steps)]
+    return taus[::-1]
 
 
 def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:

@@ -111,6 +111,15 @@ def test_one_step_with_eta_zero_returns_the_prediction_from_x_T(model, schedule)
     torch.testing.assert_close(x0, trajectory.x0_pred[0], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("steps", [10, 43, 50, 59, 85, 100, 250])
+def test_the_timesteps_are_the_exactly_rounded_linspace(steps):
+    """round(1 + k (T - 1) / (steps - 1)), halves up, in exact arithmetic (float32 would miss some)."""
+    from fractions import Fraction
+
+    exact = [int(1 + Fraction(k * 999, steps - 1) + Fraction(1, 2)) for k in range(steps)]
+    assert ddim_timesteps(1000, steps) == sorted(exact, reverse=True)
+
+
 def test_the_default_step_is_deterministic_and_needs_no_noise():
     schedule = NoiseSchedule()
     x, eps = torch.randn(2, 1, 28, 28), torch.randn(2, 1, 28, 28)

@@ -130,7 +130,8 @@ const eps = async (x, t) => x.map(v => 0.3 * v + 0.002 * t);  // the toy network
     const result = await S.run(input.schedule, eps, options);
     out[name] = {samples: Array.from(result.samples), timesteps: result.frames.timesteps};
   }
-  out.taus = S.ddimTimesteps(1000, 37);
+  out.taus = [];
+  for (var steps = 1; steps <= 1000; steps++) { out.taus.push(S.ddimTimesteps(1000, steps)); }
   const g = new S.Gaussian(7), draws = [];
   for (let i = 0; i < 20000; i++) draws.push(g.normal());
   out.draws = draws;
@@ -176,6 +177,7 @@ def test_the_javascript_sampler_is_the_package_sampler(tmp_path):
     torch.testing.assert_close(js_ddpm, ddpm, rtol=1e-4, atol=1e-4)  # 1,000 steps, two orders of rounding
     assert out["ddim"]["timesteps"] == ddim_timesteps(1000, 25) + [0]
     assert out["ddpm"]["timesteps"] == list(range(1000, 0, -10)) + [0]
-    assert out["taus"] == ddim_timesteps(1000, 37)
+    # every step count, including those whose linspace hits a half exactly (S = 3, 59, ...)
+    assert out["taus"] == [ddim_timesteps(1000, steps) for steps in range(1, 1001)]
     draws = np.array(out["draws"])  # the page's Gaussian: mean 0, variance 1, no visible skew
     assert abs(draws.mean()) < 0.03 and abs(draws.var() - 1) < 0.04 and abs((draws**3).mean()) < 0.06
