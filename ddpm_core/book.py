@@ -19,6 +19,7 @@ import inspect
 import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,7 +75,8 @@ def check(passed: bool, claim: str, detail: str = "") -> None:
     shown = f"{claim} ({detail})" if detail else claim
     if not passed:
         raise AssertionError(f"✗ {shown}: the numbers above no longer support this claim.")
-    print(f"✓ {shown}")
+    # wrapped to the width of the book's code cells, so the line never scrolls on the page
+    print(textwrap.fill(f"✓ {shown}", width=88, subsequent_indent="  "))
 
 
 def cached(path: str | Path, make: Callable[[], Any]) -> Any:

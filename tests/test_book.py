@@ -203,6 +203,9 @@ def test_check_prints_a_kept_claim_and_raises_on_a_broken_one(capsys):
     assert capsys.readouterr().out == "✓ the chain agrees (error 0.01)\n"
     with pytest.raises(AssertionError, match="✗ the chain agrees: the numbers above no longer support this claim"):
         check(False, "the chain agrees")
+    check(True, "a claim long enough to need a second line on the page", "with a detail " * 4)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and max(map(len, lines)) <= 88 and lines[1].startswith("  with")
 
 
 CHECKED = "nbval-check-output"
