@@ -162,7 +162,8 @@ def main() -> None:
                 state = open_panel(driver, url)
                 if cross_origin and not state["isolated"]:
                     raise SystemExit(f"{url} is not cross-origin isolated; threads stay off")
-                one, sixteen = browser_ms_per_call(driver, 1, calls), browser_ms_per_call(driver, 16, max(calls // 4, 2))
+                one = browser_ms_per_call(driver, 1, calls)
+                sixteen = browser_ms_per_call(driver, 16, max(calls // 4, 2))
                 rows.append([name, f"{one:.2f}", f"{one / ms_torch[1, 1]:.2f}", f"{one / ms_torch[1, 2]:.2f}",
                              f"{sixteen:.1f}", f"{sixteen / ms_torch[16, 1]:.2f}", f"{sixteen / ms_torch[16, 2]:.2f}"])
                 ddim_steps = 10 if args.quick else 50
@@ -177,7 +178,8 @@ def main() -> None:
     print(f"\ndevice: {device_description(torch.device('cpu'))}; {calls} calls per timing")
     print(f"PyTorch {torch.__version__}, same weights and shapes, this process (best of 3):")
     print_table(["PyTorch", "ms/call, batch 1", "ms/call, batch 16"],
-                [[f"{n} thread{'s' if n > 1 else ''}", f"{ms_torch[1, n]:.2f}", f"{ms_torch[16, n]:.1f}"] for n in (1, 2)])
+                [[f"{n} thread{'s' if n > 1 else ''}", f"{ms_torch[1, n]:.2f}", f"{ms_torch[16, n]:.1f}"]
+                 for n in (1, 2)])
     print("\nonnxruntime-web (WebAssembly SIMD) in headless Chromium, in the panel's worker; ratios against PyTorch "
           "with 1 and 2 threads:")
     print_table(["variant", "ms/call, batch 1", "x PyTorch 1t", "x PyTorch 2t", "ms/call, batch 16", "x PyTorch 1t",

@@ -344,8 +344,8 @@ def compare_data_parallel(schedule: NoiseSchedule, args: argparse.Namespace, def
     if any(worker.exitcode for worker in workers):
         raise DDPMError(f"a data-parallel worker failed (exit codes {[w.exitcode for w in workers]}).")
     ddp = results.get()
-    rows = [[f"1 process, {n} thread{'s' if n > 1 else ''}", f"{single[n] * 1e3:.1f}", f"{args.batch_size / single[n]:.0f}"]
-            for n in sorted(single)]
+    rows = [[f"1 process, {n} thread{'s' if n > 1 else ''}", f"{single[n] * 1e3:.1f}",
+             f"{args.batch_size / single[n]:.0f}"] for n in sorted(single)]
     rows.append([f"{world} Gloo processes (DDP), 1 thread each", f"{ddp * 1e3:.1f}", f"{args.batch_size / ddp:.0f}"])
     print(f"\ndata-parallel training, channels_last fp32, global batch {args.batch_size} "
           f"({args.batch_size // world} per process):")

@@ -61,10 +61,12 @@ def generate(
 
 def generate_record(loaded: LoadedModel, num_samples: int, **options: Any) -> dict[str, Tensor]:
     """``generate`` (same options) as a dict of tensors, the form the book stores with
-    ``ddpm_core.book.cached``: "samples" and "seconds", and with ``capture`` also the
-    captured "timesteps" and the predicted x_0 at each of them, "x0_pred"."""
+    ``ddpm_core.book.cached``: "samples", "seconds" and the CPU "threads" torch used for them
+    (the wall time depends on it), and with ``capture`` also the captured "timesteps" and the
+    predicted x_0 at each of them, "x0_pred"."""
     images, trajectory, seconds = generate(loaded, num_samples, progress=False, **options)
-    record = {"samples": images, "seconds": torch.tensor(seconds)}
+    record = {"samples": images, "seconds": torch.tensor(seconds),
+              "threads": torch.tensor(torch.get_num_threads())}
     if trajectory is not None:
         record["timesteps"] = torch.tensor(trajectory.timesteps)
         record["x0_pred"] = trajectory.x0_pred

@@ -235,7 +235,9 @@ def conditional_scores(
     samples = samples.clamp(-1.0, 1.0)
     requested = torch.as_tensor(requested, dtype=torch.long)
     if requested.shape != (len(samples),):
-        raise DDPMError(f"requested must hold one digit per sample, shape ({len(samples)},), got {tuple(requested.shape)}.")
+        raise DDPMError(
+            f"requested must hold one digit per sample, shape ({len(samples)},), got {tuple(requested.shape)}."
+        )
     probabilities = predict_logits(classifier, samples).double().softmax(dim=1)
     top, predicted = probabilities.max(dim=1)
     features = predict_features(classifier, samples)

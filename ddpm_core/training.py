@@ -443,7 +443,8 @@ def _train(
     total_steps = steps_per_epoch * config.epochs
     stepped = model  # what the training step calls: DDP averages the gradients of all processes
     if ranks.distributed:
-        stepped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        device_ids = [device] if device.type == "cuda" else None
+        stepped = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     for epoch in range(start_epoch + 1, config.epochs + 1):
         model.train()
         started = time.perf_counter()

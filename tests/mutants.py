@@ -166,7 +166,8 @@ def main() -> int:
         caught = not unit_passed or not (chapter == "-" or chapter.endswith("missed"))
         if not caught:
             survivors.append(mutant.name)
-        rows.append((mutant.name, mutant.what, unit_failure or "missed", chapter, f"{time.perf_counter() - started:.0f}"))
+        seconds = f"{time.perf_counter() - started:.0f}"
+        rows.append((mutant.name, mutant.what, unit_failure or "missed", chapter, seconds))
         print(f"{mutant.name}: {'caught' if caught else 'SURVIVED'}", file=sys.stderr, flush=True)
     widths = [max(len(r[i]) for r in [("mutant", "broken formula", "first failing unit test", "chapter", "s"), *rows])
               for i in range(5)]

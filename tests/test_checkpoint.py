@@ -74,3 +74,22 @@ def test_asking_for_ema_weights_that_were_not_kept_is_refused(checkpoint):
 def test_resume_state_loads_with_weights_only(checkpoint):
     state = torch.load(checkpoint.parent / "resume.pt", weights_only=True)
     assert set(state) >= {"model", "optimizer", "generator", "epoch", "loss_history"}
+
+
+def test_generate_record_keeps_samples_wall_time_threads_and_the_trajectory(checkpoint):
+    from ddpm_core.evaluation import generate_record
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        record = generate_record(load_checkpoint(checkpoint), 3, capture=[0, 25, 50])
+        plain = generate_record(load_checkpoint(checkpoint), 3)
+    finally:
+        torch.set_num_threads(threads)
+    assert record["samples"].shape == (3, 1, 28, 28)
+    assert record["seconds"].item() > 0
+    assert record["threads"].item() == 1  # the wall time is only read with the thread count
+    assert record["timesteps"].tolist() == [50, 25, 0]
+    assert record["x0_pred"].shape == (3, 3, 1, 28, 28)
+    assert set(plain) == {"samples", "seconds", "threads"}
+    assert torch.equal(plain["samples"], record["samples"])  # capturing changes nothing (at one thread count)
