@@ -70,7 +70,7 @@ mutation-score: $(STAMP)
 	$(BIN)/mutmut run --max-children 2
 	$(BIN)/python -m tests.mutation_score
 
-## execute: re-run every chapter in full mode and store the outputs (chapter 4 trains for tens of minutes)
+## execute: re-run every chapter in full mode and store the outputs (chapter 6 samples the per-epoch checkpoints of `make train`)
 execute: $(STAMP)
 	for nb in book/*.ipynb; do \
 		$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=-1 $$nb || exit 1; \
