@@ -217,14 +217,17 @@ def test_every_listing_is_compared_by_nbval(name, index, source):
     assert CHECKED in tags, f"{name}, cell {index}: tag the listing {CHECKED!r} so that make nbtest compares it"
 
 
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] <= "08"], ids=lambda p: p.name)
+FEWER_CLAIMS = {"10_scale.ipynb": 1}  # the appendix on scale makes one claim of its own
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_chapter_checks_its_claims_and_stores_them_kept(path):
     notebook = load(path)
     calls = sum(text(cell["source"]).count("check(") for cell in code_cells(notebook))
     outputs = "".join(
         text(output.get("text", "")) for cell in code_cells(notebook) for output in cell.get("outputs", [])
     )
-    assert calls >= 3, f"{path.name} checks {calls} claims with check(...)"
+    assert calls >= FEWER_CLAIMS.get(path.name, 3), f"{path.name} checks {calls} claims with check(...)"
     assert "\u2713 " in outputs, f"{path.name}: no stored output shows a kept claim; run the chapter"
     assert "\u2717 " not in outputs, f"{path.name}: a stored output shows a broken claim"
 
