@@ -22,14 +22,10 @@ file is refused with a message instead of a crash or a huge allocation.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
 import pickle
-import platform
-import shutil
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -40,7 +36,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from ddpm_core.errors import DDPMError, DiskFullError, NonFiniteOutputError
+from ddpm_core.errors import DDPMError, NonFiniteOutputError
+from ddpm_core.files import atomic_write
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.unet import LEGACY_DEFAULTS, UNet, UNetConfig
 
@@ -55,68 +52,6 @@ MAX_NUM_STEPS = 100_000
 MAX_CLASSES = 1000
 RESUME_KEYS = ("epoch", "model", "optimizer", "generator", "torch_rng", "ema", "loss_history", "wall_time_s",
                "model_config", "train_config")
-
-
-def library_versions() -> dict[str, str]:
-    import torchvision
-
-    from ddpm_core import __version__
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "ddpm_core": __version__,
-    }
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _disk_full(path: Path, needed_bytes: int) -> DiskFullError:
-    free = shutil.disk_usage(path.parent).free
-    needed = f"about {needed_bytes / 1e6:.1f} MB were needed and " if needed_bytes else ""
-    return DiskFullError(
-        f"Not enough space to write {path}: {needed}{free / 1e6:.1f} MB are free on that disk. "
-        f"The file already at that path (if any) is intact.",
-        str(path),
-        needed_bytes,
-    )
-
-
-def atomic_write(path: Path, write, needed_bytes: int = 0) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
-
-    The file gets the permissions an ordinary ``open`` would give it (0666 less the umask).
-    ``needed_bytes`` (an estimate of the file's size) turns a full disk into ``DiskFullError``,
-    checked before writing and again if the write fails.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if needed_bytes and shutil.disk_usage(path.parent).free < needed_bytes:
-        raise _disk_full(path, needed_bytes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except Exception as error:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        # torch.save reports a full disk as a RuntimeError of its own, so the free space decides too.
-        no_space = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-        if no_space or (needed_bytes and shutil.disk_usage(path.parent).free < needed_bytes):
-            raise _disk_full(path, needed_bytes) from None
-        raise
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _tensor_bytes(value: Any) -> int:

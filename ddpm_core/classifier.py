@@ -38,10 +38,10 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ddpm_core.checkpoint import atomic_write, library_versions
 from ddpm_core.data import load_mnist
 from ddpm_core.device import device_description
 from ddpm_core.errors import DDPMError
+from ddpm_core.files import atomic_write, library_versions
 
 FORMAT = "ddpm_core/classifier/1"
 CLASSIFIER_ENV = "DDPM_CLASSIFIER"

@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ddpm_core.checkpoint import LoadedModel, atomic_write, load_checkpoint
+from ddpm_core.checkpoint import LoadedModel, load_checkpoint
 from ddpm_core.errors import DDPMError
+from ddpm_core.files import sha256_of, write_bytes
 
 FORMAT = "ddpm-core-onnx/1"
 OPSET = 17
@@ -59,14 +60,6 @@ class _EpsilonGraph(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         return self.model(x, t)
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def schedule_arrays(loaded: LoadedModel) -> dict[str, list[float]]:
@@ -186,13 +179,9 @@ def export_onnx(
         "torch": torch.__version__,
     }
     json_path = out.with_suffix(".json")
-    _write_atomically(out, graph)
-    _write_atomically(json_path, (json.dumps(meta, indent=1) + "\n").encode())
+    write_bytes(out, graph)
+    write_bytes(json_path, (json.dumps(meta, indent=1) + "\n").encode())
     return ExportReport(out, json_path, difference, CHECK_BATCHES, CHECK_TIMESTEPS, len(graph))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), needed_bytes=len(data))
 
 
 def initial_noise(seeds: list[int], image_shape: tuple[int, ...] = (1, 28, 28)) -> Tensor:
@@ -208,5 +197,5 @@ def write_seed_noise(seeds: list[int], out: str | Path, image_shape: tuple[int, 
     record = {"seeds": seeds, "image_shape": list(image_shape),
               "x_T": base64.b64encode(noise.tobytes()).decode("ascii")}
     out = Path(out)
-    _write_atomically(out, (json.dumps(record) + "\n").encode())
+    write_bytes(out, (json.dumps(record) + "\n").encode())
     return out

@@ -33,10 +33,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ddpm_core import distributed
-from ddpm_core.checkpoint import library_versions, load_resume_state, save_resume_state, save_weights
+from ddpm_core.checkpoint import load_resume_state, save_resume_state, save_weights
 from ddpm_core.data import load_mnist
 from ddpm_core.device import device_description, keep_freed_memory, resolve_device
 from ddpm_core.errors import DDPMError
+from ddpm_core.files import library_versions
 from ddpm_core.lock import holds_run_lock
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.unet import UNet, UNetConfig

@@ -19,7 +19,8 @@ from ddpm_core.checkpoint import load_checkpoint, save_weights
 from ddpm_core.cli import main
 from ddpm_core.ddim import ddim_sample
 from ddpm_core.errors import DDPMError
-from ddpm_core.export import compare_with_torch, export_onnx, initial_noise, onnx_bytes, sha256_of
+from ddpm_core.export import compare_with_torch, export_onnx, initial_noise, onnx_bytes
+from ddpm_core.files import sha256_of
 from ddpm_core.sampling import sample
 from tests.helpers import REPO, TINY_CONFIG, tiny_model, tiny_schedule
 
