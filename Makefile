@@ -12,21 +12,35 @@ else
 export DDPM_DATA_DIR := $(CURDIR)/data
 endif
 
-.PHONY: install test unit nbtest book live-runtime live-model execute mutants mutation-score train train-reference train-conditional lab lint clean
+.PHONY: help install test unit unit-fast layers nbtest book live-runtime live-model execute mutants mutation-score train train-reference train-conditional lab lint clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+## help: list the targets with what each does
+help:
+	@grep -E '^## ' $(MAKEFILE_LIST) | sed -e 's/^## /  make /' -e 's/: /\t/' | expand -t 28
+
+## install: the virtual environment in .venv with the package, the book's and the tests' dependencies
 install: $(STAMP)
 
-## test: the unit tests, every chapter run top to bottom in quick mode, and the book driven in Chromium
-test: book unit nbtest
+## test: the layers of the package, the unit tests, every chapter run in quick mode, and the book in Chromium
+test: layers book unit nbtest
 
+## unit: every unit test, the slow ones included
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+## unit-fast: the unit tests not marked slow, for the edit-test loop (under a minute)
+unit-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow and not browser" -q
+
+## layers: the package's import contracts (no cycles; the teaching core imports no machinery), from pyproject.toml
+layers: $(STAMP)
+	$(BIN)/lint-imports
 
 nbtest: $(STAMP)
 	rm -rf $(SCRATCH)
@@ -60,7 +74,7 @@ live-model: $(STAMP)
 
 ## mutants: break the package's maths one small edit at a time (in a scratch copy) and report which test catches each
 mutants: $(STAMP)
-	$(BIN)/python -m tests.mutants
+	$(BIN)/python -m tools.mutants
 
 ## mutation-score: mutmut's own generated mutants of the noise schedule and DDIM against their unit tests (~5 min)
 MUTMUT_VERSION := 3.8.1
@@ -68,7 +82,7 @@ mutation-score: $(STAMP)
 	$(BIN)/pip install --quiet "mutmut==$(MUTMUT_VERSION)"
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 2
-	$(BIN)/python -m tests.mutation_score
+	$(BIN)/python -m tools.mutation_score
 
 ## execute: re-run every chapter in full mode and store the outputs (chapter 6 samples the per-epoch checkpoints of `make train`)
 execute: $(STAMP)
@@ -93,8 +107,10 @@ train-conditional: $(STAMP)
 lab: $(STAMP)
 	DDPM_LIVE_WIDGETS=1 $(BIN)/jupyter lab book/
 
+## lint: ruff over the package, its tests, tools and benchmarks
 lint: $(STAMP)
-	$(BIN)/python -m ruff check ddpm_core tests benchmarks
+	$(BIN)/python -m ruff check ddpm_core tests tools benchmarks ablations
 
+## clean: remove the built book and the scratch folders
 clean:
 	rm -rf _build $(SCRATCH) .pytest_cache mutants

@@ -1,6 +1,8 @@
 """Helpers shared by the benchmark scripts: argument parsing and plain-text tables."""
 
-import argparse
+from ddpm_core.arguments import positive_int
+
+__all__ = ["positive_int", "print_table"]
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -9,10 +11,3 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value

@@ -109,7 +109,8 @@ def load_mnist(
     for name in MNIST_FILES:
         if name not in missing:
             check_idx_file(root / "MNIST" / "raw" / name)
-    created = [folder for folder in (root, root / "MNIST", root / "MNIST" / "raw") if not folder.exists()]
+    raw = (root / "MNIST" / "raw").absolute()
+    created = [folder for folder in (raw, *raw.parents) if not folder.exists()][::-1]  # outermost first
     try:
         dataset = MNIST(root=str(root), train=train, download=bool(missing))
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...

@@ -35,8 +35,16 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     kind = name.split(":")[0]
     if kind not in DEVICE_CHOICES:
         raise DDPMError(f"Unknown device {name!r}. Choose one of {', '.join(DEVICE_CHOICES)} (or cuda:N).")
+    index = name.partition(":")[2]
+    if index and (kind != "cuda" or not index.isdigit()):
+        raise DDPMError(f"Unknown device {name!r}: only CUDA devices take an index (cuda:0, cuda:1, ...); use {kind}.")
     if kind == "cuda" and not torch.cuda.is_available():
         raise DDPMError(f"Device {name!r} was asked for, but this PyTorch sees no CUDA GPU. Use --device cpu or auto.")
+    if index and int(index) >= torch.cuda.device_count():
+        raise DDPMError(
+            f"Device {name!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA GPUs, "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}. Pass one of those, or --device auto."
+        )
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise DDPMError(f"Device {name!r} was asked for, but MPS is not available here. Use --device cpu or auto.")
     return torch.device(name)

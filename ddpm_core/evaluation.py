@@ -96,6 +96,10 @@ def evaluate_checkpoint(
     """
     if num_samples < 2:
         raise DDPMError(f"num_samples must be at least 2 to compare distributions, got {num_samples}.")
+    # Everything the metrics need is read before the long sampling, so a missing piece stops it at once.
+    classifier = load_classifier(classifier_path)
+    test_images, test_labels = load_mnist(train=False)
+    train_images, _ = load_mnist(train=True)
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), use_ema=use_ema)
     num_classes = loaded.model.config.num_classes
     if num_classes is None and guidance is not None:
@@ -110,14 +114,11 @@ def evaluate_checkpoint(
                             f"classes: pass --num-samples {2 * num_classes} or more, got {num_samples}.")
         labels = torch.arange(num_samples) % num_classes
         guidance = 1.0 if guidance is None else guidance
-    classifier = load_classifier(classifier_path)
     images, _, seconds = generate(loaded, num_samples, seed, sampler, steps, eta, progress=progress,
                                   labels=labels, guidance=1.0 if guidance is None else guidance)
     check_finite_samples(images, loaded.path)  # NaN would crash the Frechet distance's matrix square root
-    test_images, test_labels = load_mnist(train=False)
-    train_images, _ = load_mnist(train=True)
     metrics = evaluate_samples(images.cpu(), test_images, train_images, classifier)
-    name = "DDPM-1000" if sampler == "ddpm" else f"DDIM-{steps} eta={eta:g}"
+    name = f"DDPM-{loaded.schedule.num_steps}" if sampler == "ddpm" else f"DDIM-{steps} eta={eta:g}"
     name += " EMA" if use_ema else ""
     if labels is not None:
         scores = conditional_scores(images.cpu(), labels, test_images, test_labels, classifier)

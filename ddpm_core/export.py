@@ -30,9 +30,10 @@ from torch import Tensor, nn
 
 from ddpm_core.checkpoint import LoadedModel, load_checkpoint
 from ddpm_core.errors import DDPMError
-from ddpm_core.files import sha256_of, write_bytes
+from ddpm_core.files import check_output_file, parse_json, sha256_of, write_bytes
 
 FORMAT = "ddpm-core-onnx/1"
+SEED_KEYS = {"seeds", "image_shape", "x_T"}  # the keys of the seeds file, which recognise it
 OPSET = 17
 TOLERANCE = 1e-4
 CHECK_BATCHES = (1, 3, 16)
@@ -199,3 +200,52 @@ def write_seed_noise(seeds: list[int], out: str | Path, image_shape: tuple[int, 
     out = Path(out)
     write_bytes(out, (json.dumps(record) + "\n").encode())
     return out
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return parse_json(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def is_own_schedule_file(path: Path) -> bool:
+    """Whether ``path`` is a .json that ``export_onnx`` wrote (it carries the export's format key)."""
+    meta = _read_json(path)
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def is_own_graph(path: Path) -> bool:
+    """Whether ``path`` is a graph that ``export_onnx`` wrote: the .json beside it records its SHA-256."""
+    meta = _read_json(path.with_suffix(".json"))
+    return (isinstance(meta, dict) and meta.get("format") == FORMAT and path.is_file()
+            and meta.get("onnx_sha256") == sha256_of(path))
+
+
+def is_own_seed_file(path: Path) -> bool:
+    """Whether ``path`` is a seeds file that ``write_seed_noise`` wrote."""
+    record = _read_json(path)
+    return isinstance(record, dict) and set(record) == SEED_KEYS
+
+
+def output_paths(out: Path, seeds: int) -> dict[str, Path]:
+    """The files an export writes: the graph, its schedule and provenance, and (with ``seeds``) the seeds file."""
+    paths = {"graph": out, "schedule": out.with_suffix(".json")}
+    if seeds:
+        paths["seeds"] = out.with_name("seeds.json")
+    return paths
+
+
+def check_outputs(out: Path, seeds: int, force: bool) -> dict[str, Path]:
+    """Refuse, before any work, outputs that collide or would replace files that export did not write."""
+    paths = output_paths(out, seeds)
+    if seeds and paths["schedule"].name.lower() == paths["seeds"].name.lower():
+        raise DDPMError(
+            f"With --seeds, {out} would put the schedule and the seeds in the same file, {paths['seeds']}. "
+            f"Give the model another name, such as {out.with_name('model.onnx')}."
+        )
+    check_output_file(out, (".onnx",), force, "exported model", is_own=is_own_graph, example="model.onnx")
+    check_output_file(paths["schedule"], (".json",), force, "schedule and provenance", is_own=is_own_schedule_file)
+    if seeds:
+        check_output_file(paths["seeds"], (".json",), force, "seeds", is_own=is_own_seed_file)
+    return paths

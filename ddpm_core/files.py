@@ -162,18 +162,22 @@ def check_output_file(
     what: str,
     is_own: Callable[[Path], bool] | None = None,
     flag: str = "--out",
+    example: str | None = None,
 ) -> None:
     """Refuse an output path before any work: a wrong suffix, a symbolic link, or an existing file.
 
     An existing file (or link) is replaced only with ``force``, or when ``is_own(path)`` recognises it
     as an earlier output of the same command. Then ``path`` must be writable.
     """
-    example = f"output{suffixes[0]}"
+    example = example or f"output{suffixes[0]}"
     if str(path) in ("", "."):
         raise DDPMError(f"{flag} is empty; pass a file name such as {example}.")
-    if path.suffix.lower() not in suffixes or path.suffix not in suffixes:
+    if path.is_dir() and not path.is_symlink():
+        raise DDPMError(f"The output {path} is a folder; pass a file name inside it, such as {path / example}.")
+    if path.suffix.lower() not in suffixes:
         raise DDPMError(
-            f"The {what} file {path} should end in {' or '.join(suffixes)} (lower case), for example {example}."
+            f"Unknown output extension {path.suffix!r} for {path}: the {what} file should end in "
+            f"{' or '.join(suffixes)}, for example {example}."
         )
     if path.is_symlink() and not force:
         raise DDPMError(

@@ -31,13 +31,16 @@ def make_grid(images: Tensor, nrow: int = 8, padding: int = 2) -> Tensor:
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int = 8, scale: int = 2) -> None:
-    """Save images in [-1, 1] as a PNG grid, each pixel drawn ``scale`` x ``scale``."""
+    """Save images in [-1, 1] as a PNG grid, each pixel drawn ``scale`` x ``scale``, atomically."""
     from PIL import Image
+
+    from ddpm_core.files import atomic_write
 
     grid = make_grid(images, nrow=nrow)
     image = Image.fromarray(grid.numpy(), mode="L")
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    image.save(path)
+    # An uncompressed grey image bounds the PNG's size, for the full-disk check.
+    atomic_write(Path(path), lambda tmp: image.save(tmp, format="PNG"), needed_bytes=image.width * image.height + 4096)
 
 
 def _sample_indices(num_samples: int, samples: int | Sequence[int] | None) -> list[int]:

@@ -1,4 +1,4 @@
-"""Fixtures for the slider tests: a synthetic trajectory, headless Chromium and a loopback web server."""
+"""Shared fixtures: tiny trained runs, a synthetic trajectory, headless Chromium and a loopback web server."""
 
 import functools
 import http.server
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_core import NoiseSchedule
+from ddpm_core import NoiseSchedule, TrainConfig, train
 from ddpm_core.sampling import Trajectory
+from tests.helpers import TINY_CONFIG
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -105,3 +106,29 @@ def serve() -> Iterator[Callable[[Path], str]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished one-epoch run of the tiny network on random images, with a 20-step schedule and no EMA."""
+    folder = tmp_path_factory.mktemp("tiny_run")
+    images = torch.rand(32, 1, 28, 28) * 2 - 1
+    train(folder, TrainConfig(epochs=1, batch_size=32, num_steps=20, ema_decay=None), TINY_CONFIG, images=images,
+          device="cpu", progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def slow_run(tmp_path_factory) -> Path:
+    """The tiny network with the full 1000-step schedule: sampling takes long enough to be interrupted."""
+    folder = tmp_path_factory.mktemp("slow_run")
+    images = torch.rand(32, 1, 28, 28) * 2 - 1
+    train(folder, TrainConfig(epochs=1, batch_size=32), TINY_CONFIG, images=images, device="cpu", progress=False)
+    return folder
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    return copy

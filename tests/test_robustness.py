@@ -6,117 +6,35 @@ mistake could cost data, the files' hashes are compared before and after.
 
 import errno
 import fractions
-import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from ddpm_core import TrainConfig, train
 from ddpm_core.checkpoint import load_resume_state
-from ddpm_core.classifier import DEFAULT_PATH as DEFAULT_CLASSIFIER
-from ddpm_core.cli import main
 from ddpm_core.lock import RunLock
-from tests.helpers import REPO, TINY_CONFIG, needs_mnist
-
-DDPM = [sys.executable, "-m", "ddpm_core"]
-# A network small enough that an epoch of a few hundred images takes a second or two.
-# A constant learning rate, so that runs may be resumed with more epochs than they were started with.
-TINY_FLAGS = ["--channels", "8,8,16", "--time-embed-dim", "16", "--batch-size", "64", "--lr-decay", "constant",
-              "--no-progress"]
-CLASSIFIER = DEFAULT_CLASSIFIER
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def folder_hashes(folder: Path) -> dict[str, str]:
-    """Every file's hash, the lock file left out (its content is the holder's process id)."""
-    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"]
-    return {str(p.relative_to(folder)): digest(p) for p in files}
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """Run the command line in this process: (exit status, stdout + stderr)."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse's errors
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
-def assert_clean_failure(code: int, output: str, expected_code: int, *words: str) -> None:
-    assert code == expected_code, output
-    assert "Traceback" not in output, output
-    for word in words:
-        assert word in output, f"{word!r} not in {output!r}"
-
-
-def child_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def wait_for(condition, timeout: float = 180.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """A finished one-epoch run of the tiny network on random images, with a 20-step schedule and no EMA."""
-    folder = tmp_path_factory.mktemp("tiny_run")
-    images = torch.rand(32, 1, 28, 28) * 2 - 1
-    train(folder, TrainConfig(epochs=1, batch_size=32, num_steps=20, ema_decay=None), TINY_CONFIG, images=images,
-          device="cpu", progress=False)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def slow_run(tmp_path_factory) -> Path:
-    """The tiny network with the full 1000-step schedule: sampling takes long enough to be interrupted."""
-    folder = tmp_path_factory.mktemp("slow_run")
-    images = torch.rand(32, 1, 28, 28) * 2 - 1
-    train(folder, TrainConfig(epochs=1, batch_size=32), TINY_CONFIG, images=images, device="cpu", progress=False)
-    return folder
-
-
-@pytest.fixture
-def run_copy(tiny_run, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run, copy)
-    return copy
-
-
-def rewrite(source: Path, target: Path, metadata=None, raw: str | None = None, scale: float | None = None) -> Path:
-    """Copy a weights file with other metadata (a dict, or ``raw`` text) or with its weights multiplied."""
-    tensors = load_file(str(source))
-    with safe_open(str(source), framework="pt") as f:
-        stored = json.loads(f.metadata()["ddpm_core"])
-    if scale is not None:
-        tensors = {k: v * scale for k, v in tensors.items()}
-    text = raw if raw is not None else json.dumps(metadata if metadata is not None else stored)
-    save_file(tensors, str(target), metadata={"ddpm_core": text})
-    return target
-
-
-def stored_metadata(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["ddpm_core"])
-
+from tests.helpers import (
+    CLASSIFIER,
+    DDPM,
+    REPO,
+    TINY_CONFIG,
+    TINY_FLAGS,
+    assert_clean_failure,
+    child_env,
+    digest,
+    folder_hashes,
+    needs_mnist,
+    rewrite,
+    run_cli,
+    stored_metadata,
+    wait_for,
+)
 
 # Data loss -----------------------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ is dropped) and runs the tests that reach that function against each version. A 
 fails on "survived". The score is the share of mutants that a test killed (a timeout counts as
 killed: the tests noticed that something was wrong), among the mutants that some test reaches.
 
-    python -m tests.mutation_score   # after `mutmut run`
+    python -m tools.mutation_score   # after `mutmut run`
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ nbval-check-output), or a cell that raised. A mutant that no test catches is a h
 tests; the script then exits with status 1.
 
     make mutants                              # all mutants
-    python -m tests.mutants --only ddim-sign  # one of them
+    python -m tools.mutants --only ddim-sign  # one of them
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def mutate(root: Path, mutant: Mutant) -> None:
     text = path.read_text()
     if text.count(mutant.old) != 1:
         raise SystemExit(f"{mutant.name}: the text to mutate occurs {text.count(mutant.old)} times in "
-                         f"{mutant.path}, not once; update tests/mutants.py to today's code.")
+                         f"{mutant.path}, not once; update tools/mutants.py to today's code.")
     path.write_text(text.replace(mutant.old, mutant.new))
 
 

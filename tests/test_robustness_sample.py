@@ -1,0 +1,165 @@
+"""`sample` and `evaluate` against careless input: outputs written atomically, never through a link or over a
+file the user has, settings bounded where they are parsed, and every input checked before the long sampling."""
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_core import TrainConfig, train
+from ddpm_core.unet import UNetConfig
+from tests.helpers import assert_clean_failure, digest, folder_hashes, run_cli
+
+
+def sample_argv(run: Path, out: Path, *flags: str) -> list[str]:
+    return ["sample", "--checkpoint", str(run), "--num-samples", "2", "--out", str(out), "--no-progress", *flags]
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cond") / "run"
+    images, labels = torch.rand(32, 1, 28, 28) * 2 - 1, torch.arange(32) % 10
+    config = UNetConfig(channels=(8, 8, 16), time_freq_dim=8, time_embed_dim=16, num_classes=10)
+    train(out, TrainConfig(epochs=1, batch_size=32, num_steps=20, ema_decay=None), config, images=images,
+          labels=labels, device="cpu", progress=False)
+    return out
+
+
+# Data loss -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".png"])
+def test_an_existing_output_is_refused_without_force_and_replaced_with_it(suffix, tiny_run, tmp_path, capsys):
+    out = tmp_path / f"old{suffix}"
+    out.write_bytes(b"the user's own file")
+    before = digest(out)
+    code, output = run_cli(sample_argv(tiny_run, out), capsys)
+    assert_clean_failure(code, output, 2, "already exists", "nothing was overwritten", "--force")
+    assert digest(out) == before
+    assert run_cli(sample_argv(tiny_run, out, "--force"), capsys)[0] == 0
+    assert digest(out) != before
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".png"])
+def test_a_link_as_output_never_writes_through_to_its_target(suffix, tiny_run, tmp_path, capsys):
+    target = tmp_path / "someone_elses.txt"
+    target.write_text("keep me")
+    link = tmp_path / f"link{suffix}"
+    link.symlink_to(target)
+    before = digest(target)
+    code, output = run_cli(sample_argv(tiny_run, link), capsys)
+    assert_clean_failure(code, output, 2, "symbolic link", str(target), "--force", "the link itself")
+    assert digest(target) == before and link.is_symlink()
+    assert run_cli(sample_argv(tiny_run, link, "--force"), capsys)[0] == 0
+    assert digest(target) == before  # the link was replaced by the samples, its target untouched
+    assert not link.is_symlink() and link.stat().st_size > 0
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".png"])
+def test_a_full_disk_keeps_the_old_output_and_says_how_much_was_needed(suffix, tiny_run, tmp_path, capsys,
+                                                                      monkeypatch):
+    out = tmp_path / "full" / f"old{suffix}"
+    out.parent.mkdir()
+    assert run_cli(sample_argv(tiny_run, out), capsys)[0] == 0
+    before = folder_hashes(out.parent)
+
+    def no_space(*args, **kwargs):
+        file = args[0] if suffix == ".npy" else args[1]
+        if hasattr(file, "write"):
+            file.write(b"\0" * 4096)  # a part went to disk before it filled up
+        else:
+            Path(file).write_bytes(b"\0" * 4096)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if suffix == ".npy":
+        monkeypatch.setattr(np, "save", no_space)
+    else:
+        from PIL import Image
+
+        monkeypatch.setattr(Image.Image, "save", no_space)
+    code, output = run_cli(sample_argv(tiny_run, out, "--force"), capsys)
+    assert_clean_failure(code, output, 2, "Not enough space", "MB were needed", "is intact")
+    assert folder_hashes(out.parent) == before  # the old file whole, and no temporary file left behind
+
+
+def test_an_upper_case_npy_suffix_writes_exactly_the_named_file(tiny_run, tmp_path, capsys):
+    out = tmp_path / "X.NPY"
+    code, output = run_cli(sample_argv(tiny_run, out), capsys)
+    assert code == 0 and f"to {out}" in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X.NPY"]
+    assert np.load(out).shape == (2, 28, 28)
+
+
+# Settings refused where they are parsed ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--noise-scale", "1e300"], ["--noise-scale", "from 0 to 2"]),
+        (["--guidance", "1e300"], ["--guidance", "from 0 to 20"]),
+        (["--labels", "1,,,2,"], ["--labels", "no empty entries"]),
+        (["--device", "cpu:7"], ["--device", "only CUDA devices take an index"]),
+    ],
+    ids=["noise-scale", "guidance", "empty-labels", "cpu-index"],
+)
+def test_settings_out_of_range_are_refused_before_anything_is_loaded(flags, words, tmp_path, capsys):
+    code, output = run_cli(sample_argv(tmp_path / "no-such-run", tmp_path / "s.png", *flags), capsys)
+    assert_clean_failure(code, output, 2, *words)
+    assert "weights" not in output  # the user's setting is named, never the model blamed
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_into_an_empty_out_path_is_refused(tmp_path, capsys):
+    os.chdir(tmp_path)
+    code, output = run_cli(["train", "--out", ""], capsys)
+    assert_clean_failure(code, output, 2, "--out", "empty path")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_more_labels_than_samples_are_refused_not_dropped(conditional_run, tmp_path, capsys):
+    code, output = run_cli(sample_argv(conditional_run, tmp_path / "s.png", "--labels", "1,2,3,4"), capsys)
+    assert_clean_failure(code, output, 2, "--labels lists 4 classes", "--num-samples is 2", "--num-samples 4")
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_guidance_zero_draws_unconditional_samples_from_a_conditional_model(conditional_run, tmp_path, capsys):
+    out = tmp_path / "s.npy"
+    code, output = run_cli(sample_argv(conditional_run, out, "--guidance", "0"), capsys)
+    assert code == 0, output
+    assert np.load(out).shape == (2, 28, 28)
+
+
+def test_a_conditional_model_asked_for_nothing_gets_advice_that_works(conditional_run, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    code, output = run_cli(sample_argv(conditional_run, out, "--guidance", "2"), capsys)
+    assert_clean_failure(code, output, 2, "conditional model", "--label 7", "--guidance 0 instead")
+    code, output = run_cli(sample_argv(conditional_run, out, "--guidance", "0"), capsys)  # the advice, followed
+    assert code == 0, output
+
+
+# evaluate: everything checked before the sampling --------------------------------------------------------------
+
+
+def test_evaluate_without_mnist_stops_before_sampling_and_creates_nothing(tiny_run, tmp_path, capsys, monkeypatch):
+    import ddpm_core.evaluation
+
+    missing = tmp_path / "nonexistent" / "data"
+    monkeypatch.setenv("DDPM_DATA_DIR", str(missing))
+    monkeypatch.setattr(ddpm_core.evaluation, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
+    monkeypatch.setattr("torchvision.datasets.MNIST.mirrors", ["http://127.0.0.1:9/"])  # no download here
+    code, output = run_cli(["evaluate", "--checkpoint", str(tiny_run), "--num-samples", "4", "--no-progress"], capsys)
+    assert_clean_failure(code, output, 2, "MNIST was not found", "DDPM_DATA_DIR")
+    assert not (tmp_path / "nonexistent").exists()
+
+
+def test_evaluate_with_an_unusable_classifier_stops_before_sampling(tiny_run, tmp_path, capsys, monkeypatch):
+    import ddpm_core.evaluation
+
+    monkeypatch.setattr(ddpm_core.evaluation, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
+    code, output = run_cli(["evaluate", "--checkpoint", str(tiny_run), "--num-samples", "4", "--no-progress",
+                            "--classifier", str(tmp_path / "judge.safetensors")], capsys)
+    assert_clean_failure(code, output, 2, str(tmp_path / "judge.safetensors"))
