@@ -46,16 +46,9 @@ import torch
 from torch import Tensor
 
 from ddpm_core.errors import DDPMError
-from ddpm_core.sampling import (
-    Labels,
-    NoisePredictor,
-    SeedBatches,
-    Trajectory,
-    check_labels,
-    guided_eps,
-    prepare_model,
-)
+from ddpm_core.sampling import Labels, check_labels, guided_eps
 from ddpm_core.schedule import NoiseSchedule
+from ddpm_core.seeds import NoisePredictor, SeedBatches, Trajectory, prepare_model
 
 
 def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
@@ -79,6 +72,19 @@ def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
     # 500.4999... for 500.5 (the panel's sampler.js, which divides exactly there, gives 501).
     taus = [(2 * k * (num_steps - 1) + 3 * (steps - 1)) // (2 * (steps - 1)) for k in range(steps)]
     return taus[::-1]
+
+
+def check_timesteps(timesteps: Sequence[int], schedule: NoiseSchedule) -> list[int]:
+    """A chosen subsequence tau_S > ... > tau_1 as a list, after refusing one DDIM cannot visit."""
+    taus = [int(t) for t in timesteps]
+    decreasing = all(a > b for a, b in zip(taus, taus[1:], strict=False))
+    whole = all(t == u for t, u in zip(taus, timesteps, strict=True))
+    if not taus or not whole or not decreasing or taus[0] > schedule.num_steps or taus[-1] < 1:
+        raise DDPMError(
+            f"timesteps must be whole numbers in 1..{schedule.num_steps}, strictly decreasing (largest first), "
+            f"such as [1000, 500, 1]; got {list(timesteps)[:8]}."
+        )
+    return taus
 
 
 def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
@@ -156,6 +162,7 @@ def ddim_sample(
     image_shape: tuple[int, ...] | None = None,
     labels: Labels = None,
     guidance: float = 1.0,
+    timesteps: Sequence[int] | None = None,
 ) -> tuple[Tensor, Trajectory | None]:
     """Generate images with DDIM in ``steps`` network evaluations.
 
@@ -176,11 +183,15 @@ def ddim_sample(
         image_shape: (C, H, W) of one image; default (C, 28, 28), C from a UNet's config, else 1.
         labels: for a conditional model, the class of every sample (one int) or of each (N ints).
         guidance: w of classifier-free guidance (see ``sampling.guided_eps``); 1 is plain conditional.
+        timesteps: the visited timesteps tau_S > ... > tau_1 themselves, any strictly decreasing
+            sequence in 1..T, instead of the evenly spaced ``ddim_timesteps(T, steps)``; ``steps``
+            is then their number.
 
     Returns:
         The samples x_0, (N, C, H, W), not clipped, and the trajectory (None if nothing captured).
     """
-    taus = ddim_timesteps(schedule.num_steps, steps)
+    taus = ddim_timesteps(schedule.num_steps, steps) if timesteps is None else check_timesteps(timesteps, schedule)
+    steps = len(taus)
     _check_eta(eta)
     device, image_shape = prepare_model(model, image_shape)
     batches = SeedBatches(num_samples, seed, seeds, capture, schedule.num_steps, image_shape, device,

@@ -20,7 +20,8 @@ from ddpm_core.ddim import ddim_sample
 from ddpm_core.device import resolve_device
 from ddpm_core.errors import DDPMError
 from ddpm_core.metrics import conditional_scores, evaluate_samples
-from ddpm_core.sampling import Labels, Trajectory, sample
+from ddpm_core.sampling import Labels, sample
+from ddpm_core.seeds import Trajectory
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -96,10 +97,6 @@ def evaluate_checkpoint(
     """
     if num_samples < 2:
         raise DDPMError(f"num_samples must be at least 2 to compare distributions, got {num_samples}.")
-    # Everything the metrics need is read before the long sampling, so a missing piece stops it at once.
-    classifier = load_classifier(classifier_path)
-    test_images, test_labels = load_mnist(train=False)
-    train_images, _ = load_mnist(train=True)
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), use_ema=use_ema)
     num_classes = loaded.model.config.num_classes
     if num_classes is None and guidance is not None:
@@ -114,6 +111,10 @@ def evaluate_checkpoint(
                             f"classes: pass --num-samples {2 * num_classes} or more, got {num_samples}.")
         labels = torch.arange(num_samples) % num_classes
         guidance = 1.0 if guidance is None else guidance
+    # Everything the metrics need is read before the long sampling, so a missing piece stops it at once.
+    classifier = load_classifier(classifier_path)
+    test_images, test_labels = load_mnist(train=False)
+    train_images, _ = load_mnist(train=True)
     images, _, seconds = generate(loaded, num_samples, seed, sampler, steps, eta, progress=progress,
                                   labels=labels, guidance=1.0 if guidance is None else guidance)
     check_finite_samples(images, loaded.path)  # NaN would crash the Frechet distance's matrix square root

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ddpm_core.checkpoint import LoadedModel, load_checkpoint
 from ddpm_core.errors import DDPMError
 from ddpm_core.files import check_output_file, parse_json, sha256_of, write_bytes
+from ddpm_core.seeds import initial_noise
 
 FORMAT = "ddpm-core-onnx/1"
 SEED_KEYS = {"seeds", "image_shape", "x_T"}  # the keys of the seeds file, which recognise it
@@ -183,11 +184,6 @@ def export_onnx(
     write_bytes(out, graph)
     write_bytes(json_path, (json.dumps(meta, indent=1) + "\n").encode())
     return ExportReport(out, json_path, difference, CHECK_BATCHES, CHECK_TIMESTEPS, len(graph))
-
-
-def initial_noise(seeds: list[int], image_shape: tuple[int, ...] = (1, 28, 28)) -> Tensor:
-    """x_T of each seed as the samplers draw it: the first N(0, I) draw of ``torch.Generator().manual_seed(s)``."""
-    return torch.stack([torch.randn(image_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
 def write_seed_noise(seeds: list[int], out: str | Path, image_shape: tuple[int, ...] = (1, 28, 28)) -> Path:

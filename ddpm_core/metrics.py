@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ddpm_core.classifier import NUM_CLASSES, MNISTClassifier, predict_features, predict_logits
 from ddpm_core.errors import DDPMError
-from ddpm_core.sampling import Trajectory
+from ddpm_core.seeds import Trajectory
 
 CORRUPTIONS = ("blur", "noise")
 

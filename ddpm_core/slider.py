@@ -38,7 +38,7 @@ from ddpm_core.viz import make_grid, png_bytes, trajectory_grids
 if TYPE_CHECKING:
     import ipywidgets
 
-    from ddpm_core.sampling import Trajectory
+    from ddpm_core.seeds import Trajectory
 
 LIVE_ENV = "DDPM_LIVE_WIDGETS"
 PLAY_FRAME_MS = 60  # delay between frames when the slider plays

@@ -19,7 +19,7 @@ from ddpm_core.data import to_uint8
 from ddpm_core.errors import DDPMError
 
 if TYPE_CHECKING:
-    from ddpm_core.sampling import Trajectory
+    from ddpm_core.seeds import Trajectory
 
 
 def make_grid(images: Tensor, nrow: int = 8, padding: int = 2) -> Tensor:

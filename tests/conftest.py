@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ddpm_core import NoiseSchedule, TrainConfig, train
-from ddpm_core.sampling import Trajectory
+from ddpm_core.seeds import Trajectory
 from tests.helpers import TINY_CONFIG
 
 CHROMIUM_FLAGS = (

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_core.sampling import Trajectory
+from ddpm_core.seeds import Trajectory
 from ddpm_core.slider import trajectory_slider_html
 from ddpm_core.viz import trajectory_grids
 

@@ -199,10 +199,10 @@ def test_sample_asks_for_a_digit_from_the_command_line(conditional_run, tmp_path
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ([], "is a conditional model: say which digit"),
+        ([], "is a conditional model, asked for no digit: say which digit"),
         (["--label", "10"], "knows the classes 0..9"),
         (["--labels", "1,12"], "knows the classes 0..9"),
-        (["--label", "1", "--guidance", "-2"], "expected a number >= 0"),
+        (["--label", "1", "--guidance", "-2"], "expected a guidance weight w from 0 to 20"),
         (["--label", "1", "--labels", "1,2"], "not allowed with argument"),
     ],
 )

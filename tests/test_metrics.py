@@ -21,7 +21,7 @@ from ddpm_core.metrics import (
     nearest_neighbours,
     random_subset,
 )
-from ddpm_core.sampling import Trajectory
+from ddpm_core.seeds import Trajectory
 from tests.helpers import needs_mnist
 
 
