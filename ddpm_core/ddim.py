@@ -45,8 +45,9 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from ddpm_core.conditioning import Labels, sampling_labels
 from ddpm_core.errors import DDPMError
-from ddpm_core.sampling import Labels, check_labels, guided_eps
+from ddpm_core.sampling import guided_eps
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.seeds import NoisePredictor, SeedBatches, Trajectory, prepare_model
 
@@ -198,7 +199,7 @@ def ddim_sample(
                           batch_size=batch_size, progress=progress, desc="DDIM sampling",
                           steps_per_batch=len(taus))
     _check_capture(batches.captured, taus, steps, schedule.num_steps)
-    batches.set_labels(check_labels(model, labels, guidance, len(batches.seeds)))
+    batches.set_labels(sampling_labels(getattr(model, "null_label", None), labels, guidance, len(batches.seeds)))
     for batch in batches:
         x = batch.noise()  # x_T ~ N(0, I), the first draw as in sample()
         for t, t_prev in zip(taus, taus[1:] + [0], strict=True):

@@ -15,12 +15,13 @@ from torch import Tensor
 
 from ddpm_core.checkpoint import LoadedModel, check_finite_samples, load_checkpoint
 from ddpm_core.classifier import load_classifier
+from ddpm_core.conditioning import COMMAND_LINE, Labels, sampling_labels
 from ddpm_core.data import load_mnist
 from ddpm_core.ddim import ddim_sample
 from ddpm_core.device import resolve_device
 from ddpm_core.errors import DDPMError
 from ddpm_core.metrics import conditional_scores, evaluate_samples
-from ddpm_core.sampling import Labels, sample
+from ddpm_core.sampling import sample
 from ddpm_core.seeds import Trajectory
 
 SAMPLERS = ("ddpm", "ddim")
@@ -99,18 +100,13 @@ def evaluate_checkpoint(
         raise DDPMError(f"num_samples must be at least 2 to compare distributions, got {num_samples}.")
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), use_ema=use_ema)
     num_classes = loaded.model.config.num_classes
-    if num_classes is None and guidance is not None:
-        raise DDPMError(
-            f"The checkpoint {loaded.path} is an unconditional model, so --guidance cannot apply. Drop it, or "
-            f"evaluate a checkpoint trained with `python -m ddpm_core train --conditional`."
-        )
-    labels = None
-    if num_classes is not None:
-        if num_samples < 2 * num_classes:
-            raise DDPMError(f"A conditional model is evaluated on at least 2 samples of each of its {num_classes} "
-                            f"classes: pass --num-samples {2 * num_classes} or more, got {num_samples}.")
-        labels = torch.arange(num_samples) % num_classes
-        guidance = 1.0 if guidance is None else guidance
+    if num_classes is not None and num_samples < 2 * num_classes:
+        raise DDPMError(f"A conditional model is evaluated on at least 2 samples of each of its {num_classes} "
+                        f"classes: pass --num-samples {2 * num_classes} or more, got {num_samples}.")
+    every_class = torch.arange(num_samples) % num_classes if num_classes is not None else None
+    labels = sampling_labels(num_classes, every_class, guidance, num_samples, COMMAND_LINE,
+                             source=f"The checkpoint {loaded.path}")
+    guidance = 1.0 if guidance is None else guidance
     # Everything the metrics need is read before the long sampling, so a missing piece stops it at once.
     classifier = load_classifier(classifier_path)
     test_images, test_labels = load_mnist(train=False)

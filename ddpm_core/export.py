@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ddpm_core.checkpoint import LoadedModel, load_checkpoint
+from ddpm_core.conditioning import require_unconditional
 from ddpm_core.errors import DDPMError
 from ddpm_core.files import check_output_file, parse_json, sha256_of, write_bytes
 from ddpm_core.seeds import initial_noise
@@ -141,11 +142,7 @@ def export_onnx(
         raise DDPMError(f"The exported model's file name should end in .onnx, got {out}.")
     loaded = load_checkpoint(checkpoint, use_ema=use_ema)
     config = loaded.model.config
-    if config.num_classes is not None:
-        raise DDPMError(
-            f"{loaded.path} is a class-conditional model; the exported graph takes x_t and t only. Export an "
-            f"unconditional checkpoint, such as book/checkpoints/ddpm_mnist.safetensors."
-        )
+    require_unconditional(config.num_classes, loaded.path, "the exported graph takes x_t and t only")
     image_shape = (config.image_channels, 28, 28)
     model = loaded.model.float().eval()
     graph = onnx_bytes(model, image_shape)

@@ -27,12 +27,12 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from ddpm_core.conditioning import Labels, sampling_labels
 from ddpm_core.errors import DDPMError
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.seeds import NoisePredictor, SeedBatches, Trajectory, prepare_model
 
 VARIANCES = ("beta", "posterior")
-Labels = int | Sequence[int] | Tensor | None  # the class asked of every sample, or one class each
 
 
 def guided_eps(model: NoisePredictor, x: Tensor, t: Tensor, labels: Tensor | None = None,
@@ -55,43 +55,6 @@ def guided_eps(model: NoisePredictor, x: Tensor, t: Tensor, labels: Tensor | Non
         return model(x, t, null)
     eps_cond, eps_uncond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
     return eps_uncond + guidance * (eps_cond - eps_uncond)
-
-
-def check_labels(model: NoisePredictor, labels: Labels, guidance: float, num_samples: int) -> Tensor | None:
-    """The labels as a (N,) tensor of classes, after refusing what the model cannot do with them.
-
-    A conditional model needs labels; an unconditional one takes none; every label must be a
-    class of the model; ``guidance`` must be a finite number >= 0 and needs labels.
-    """
-    null_label = getattr(model, "null_label", None)
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < float("inf"):
-        raise DDPMError(f"guidance must be a finite number >= 0 (0: unconditional, 1: conditional), got {guidance!r}.")
-    if labels is None:
-        if null_label is not None:
-            raise DDPMError(
-                f"This model is conditional (trained with {null_label} classes): say which digit each sample "
-                f"should be with labels (one class, or one per sample; on the command line --label or --labels). "
-                f"For unconditional samples from the same network, pass any labels with guidance=0."
-            )
-        if guidance != 1.0:
-            raise DDPMError(f"guidance={guidance} needs labels: guidance steers samples towards a requested class.")
-        return None
-    if null_label is None:
-        raise DDPMError(
-            "This model is unconditional (trained without labels), so it cannot be asked for a class. Sample "
-            "without labels (on the command line: without --label, --labels and --guidance), or train a "
-            "conditional model with `python -m ddpm_core train --conditional`."
-        )
-    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
-    if labels.numel() == 1:
-        labels = labels.expand(num_samples)
-    if labels.numel() != num_samples:
-        raise DDPMError(f"Pass one label for all samples or one per sample: {labels.numel()} labels for "
-                        f"{num_samples} samples.")
-    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < null_label):
-        bad = int(labels.max()) if int(labels.max()) >= null_label else int(labels.min())
-        raise DDPMError(f"The label {bad} is not a class of this model, which knows the classes 0..{null_label - 1}.")
-    return labels.clone()
 
 
 def ddpm_step(
@@ -152,7 +115,7 @@ def sample(
     device, image_shape = prepare_model(model, image_shape)
     batches = SeedBatches(num_samples, seed, seeds, capture, schedule.num_steps, image_shape, device,
                           batch_size=batch_size, progress=progress)
-    batches.set_labels(check_labels(model, labels, guidance, len(batches.seeds)))
+    batches.set_labels(sampling_labels(getattr(model, "null_label", None), labels, guidance, len(batches.seeds)))
     for batch in batches:
         x = batch.noise()  # 1: x_T ~ N(0, I)
         for t in range(schedule.num_steps, 0, -1):  # 2: for t = T, ..., 1

@@ -163,7 +163,7 @@ class SeedBatches:
         self._x0_frames: list[Tensor] = []
 
     def set_labels(self, labels: Tensor | None) -> None:
-        """One class per seed (from ``check_labels``), handed to each batch as ``SeedBatch.labels``."""
+        """One class per seed (from ``conditioning.sampling_labels``), handed to each batch as ``SeedBatch.labels``."""
         self.labels = labels
 
     def __iter__(self) -> Iterator[SeedBatch]:

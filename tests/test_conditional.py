@@ -114,7 +114,7 @@ def test_samplers_refuse_what_the_model_cannot_do(sampler):
         run(conditional)
     with pytest.raises(DDPMError, match="unconditional"):
         run(plain, labels=3)
-    with pytest.raises(DDPMError, match="needs labels"):
+    with pytest.raises(DDPMError, match="unconditional model .* so guidance= cannot apply"):
         run(plain, guidance=2.0)
     with pytest.raises(DDPMError, match="label 10 is not a class"):
         run(conditional, labels=[3, 10])
@@ -199,7 +199,7 @@ def test_sample_asks_for_a_digit_from_the_command_line(conditional_run, tmp_path
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ([], "is a conditional model, asked for no digit: say which digit"),
+        ([], "is a conditional model (10 classes), asked for no digit: say which digit"),
         (["--label", "10"], "knows the classes 0..9"),
         (["--labels", "1,12"], "knows the classes 0..9"),
         (["--label", "1", "--guidance", "-2"], "expected a guidance weight w from 0 to 20"),
@@ -296,4 +296,4 @@ def test_evaluate_refuses_guidance_for_an_unconditional_checkpoint(tmp_path, cap
     run = tmp_path / "plain"
     train(run, QUICK, TINY_CONFIG, images=torch.rand(16, 1, 28, 28) * 2 - 1, progress=False)
     assert main(["evaluate", "--checkpoint", str(run), "--guidance", "3", "--no-progress"]) == 2
-    assert "unconditional model, so --guidance cannot apply" in capsys.readouterr().err
+    assert "unconditional model (trained without labels), so --guidance cannot apply" in capsys.readouterr().err
