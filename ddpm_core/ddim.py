@@ -89,9 +89,8 @@ def check_timesteps(timesteps: Sequence[int], schedule: NoiseSchedule) -> list[i
 
 
 def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
-    # In float64 from the betas: 1 - alpha_bar_t near t = 1 keeps only 3 digits from float32 alpha_bars.
-    # The empty product at t = 0 gives alpha_bar_0 = 1: x_0 carries no noise.
-    return torch.prod(1.0 - schedule.betas[:t].double()).item()
+    # float64 (see NoiseSchedule.alpha_bars_f64); the empty product at t = 0 is alpha_bar_0 = 1: x_0 has no noise.
+    return 1.0 if t == 0 else schedule.alpha_bars_f64[t - 1].item()
 
 
 def ddim_sigma(schedule: NoiseSchedule, t: int, t_prev: int, eta: float) -> float:

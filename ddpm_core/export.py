@@ -72,7 +72,7 @@ def schedule_arrays(loaded: LoadedModel) -> dict[str, list[float]]:
         "betas": schedule.betas.tolist(),
         "alphas": schedule.alphas.tolist(),
         "alpha_bars": schedule.alpha_bars.tolist(),  # float32, as ddpm_step and predict_x0 read them
-        "alpha_bars_f64": torch.cumprod(1.0 - schedule.betas.double(), 0).tolist(),  # as ddim_step
+        "alpha_bars_f64": schedule.alpha_bars_f64.tolist(),  # as ddim_step
         "posterior_variance": schedule.posterior_variance.tolist(),
     }
 

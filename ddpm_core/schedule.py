@@ -11,8 +11,9 @@ Timestep convention, used everywhere in this package and the book:
 
 A timestep ``t`` is always the integer of the paper, never an index. The
 per-step tensors (``betas``, ``alphas``, ``alpha_bars``, ``posterior_variance``)
-have length T and hold the value for timestep ``t`` at index ``t - 1``;
-``NoiseSchedule.at`` does that lookup so no caller subtracts one by hand.
+have length T and hold the value for timestep ``t`` at index ``t - 1``.
+``NoiseSchedule.at`` does that lookup for a batch of timesteps; the samplers, which step one
+integer t at a time, read index ``t - 1`` themselves.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class NoiseSchedule:
         self.posterior_variance = posterior_variance.float()
         self.posterior_mean_coef_x0 = posterior_mean_coef_x0.float()
         self.posterior_mean_coef_xt = posterior_mean_coef_xt.float()
+        # alpha_bar_t again, in float64 from the float32 betas the network was trained with: DDIM needs
+        # 1 - alpha_bar_t near t = 1, of which the float32 alpha_bars keep only about 3 digits.
+        self.alpha_bars_f64 = torch.cumprod(1.0 - self.betas.double(), dim=0)
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(num_steps={self.num_steps}, beta_start={self.beta_start}, beta_end={self.beta_end})"
