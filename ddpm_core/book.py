@@ -6,6 +6,7 @@ The chapters (``book/*.ipynb``) import these instead of defining their own:
   outputs and the quick run of the tests, which writes only into a scratch folder;
 - ``show_source``: the real source of a package function, so a listing cannot drift from the
   code (``tests/test_book.py`` compares every stored listing with today's source);
+- ``check``: a claim of the text, stated as a condition that prints a ✓ line or stops the chapter;
 - ``cached``: a result computed once and kept on disk between runs of a chapter;
 - ``show_grid`` and ``correlation``: a grid of digits on a matplotlib axis, and the mean
   correlation of two batches of images;

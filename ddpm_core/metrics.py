@@ -6,6 +6,9 @@
     nearest_neighbours   pixel-space nearest training images, to look for memorisation
     lock_in_timesteps    at which timestep of the reverse process a sample's digit is decided
     conditional_scores   for samples asked to be given digits: how often they are, how good, how varied
+    inception_score      the Inception Score of a set of class probabilities (used by classifier_scores)
+    mean_pairwise_distance  the mean distance between features, how varied a set of samples is
+    random_subset        a seeded random subset of real images, the reference set of every comparison
     evaluate_samples     all of the above for one set of samples; format_metrics_table prints them
     corrupt              blurred or noised copies of real images, to calibrate the numbers
 
@@ -283,7 +286,8 @@ def evaluate_samples(
     batch_size: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Every metric of this module for one set of samples.
+    """The metrics of an unconditional sampler for one set of samples: Frechet distance, classifier scores and
+    memorisation (lock-in needs a trajectory and conditional_scores labels, so they are separate).
 
     A fixed random subset of ``len(samples)`` of the ``real_images`` (held-out test images; all of
     them if fewer) is the reference for the Frechet distance and for memorisation: a model that
