@@ -49,9 +49,9 @@ def sampling_labels(
 ) -> Tensor | None:
     """The labels to sample with, (N,), or None for an unconditional network, after the rules above.
 
-    ``guidance`` None means the default, w = 1. ``source`` names the model in the messages. A conditional network asked for no label is refused,
+    ``guidance`` None means the default, w = 1. A conditional network asked for no label is refused,
     unless w = 0, which reads only the "no class" prediction: it then gets label 0 for every sample,
-    which w = 0 never reads.
+    which w = 0 never reads. ``source`` names the model in the messages.
     """
     if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))
                                  or not math.isfinite(guidance) or guidance < 0):
