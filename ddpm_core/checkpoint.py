@@ -14,10 +14,13 @@ time, device and library versions, so a weights file describes itself.
 Every file is written to a temporary name and renamed into place, so a run
 killed mid-write, or a disk that fills up, leaves the previous file intact.
 
-Loading trusts nothing in a file: the metadata is checked field by field, and
-the architecture it names is compared with the tensors' shapes (read from the
-file's header) before a single weight is allocated, so a damaged or hostile
-file is refused with a message instead of a crash or a huge allocation.
+Loading trusts nothing in a file. The path must be a regular file (a FIFO or a
+device is never opened); the safetensors header is read by this module itself,
+bounded in size and nesting, and every tensor's dtype, shape and byte range is
+checked against the file's size; the metadata is checked field by field; and
+the architecture it names is compared with the tensors' names and shapes, all
+before a single weight is mapped or allocated. A damaged or hostile file is
+thus refused with a message instead of a crash or a huge allocation.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import math
 import os
 import pickle
+import stat
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -34,10 +38,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 
 from ddpm_core.errors import DDPMError, NonFiniteOutputError
-from ddpm_core.files import atomic_write
+from ddpm_core.files import MAX_JSON_BYTES, atomic_write, parse_json
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.unet import LEGACY_DEFAULTS, UNet, UNetConfig
 
@@ -52,6 +56,139 @@ MAX_NUM_STEPS = 100_000
 MAX_CLASSES = 1000
 RESUME_KEYS = ("epoch", "model", "optimizer", "generator", "torch_rng", "ema", "loss_history", "wall_time_s",
                "model_config", "train_config")
+# The safetensors format: an 8-byte little-endian header length, a JSON header, then the tensors' bytes.
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")  # load_state_dict converts any of these to the model's float32
+# The metadata document (at most MAX_JSON_BYTES, and up to twice that once its quotes are escaped inside the
+# header) plus a few hundred short tensor entries.
+MAX_HEADER_BYTES = 2 * MAX_JSON_BYTES + 1_000_000
+MAX_HEADER_DEPTH = 3  # {"name": {"shape": [...]}}
+# Raw and EMA weights of the largest network allowed, even in float64.
+MAX_DATA_BYTES = 2 * MAX_PARAMETERS * 8
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor as a safetensors header declares it."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    offsets: tuple[int, int]  # begin and end, in bytes from the start of the data
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """What a safetensors file declares, read without mapping or reading a byte of its tensors."""
+
+    tensors: dict[str, TensorEntry]
+    metadata: dict[str, str]
+    data_bytes: int
+
+    def shapes(self, ema: bool = False) -> dict[str, tuple[int, ...]]:
+        """The raw weights' shapes, or (``ema``) the EMA weights' shapes with ``EMA_PREFIX`` removed."""
+        prefix = EMA_PREFIX if ema else ""
+        return {k[len(prefix):]: e.shape for k, e in self.tensors.items() if k.startswith(EMA_PREFIX) == ema}
+
+
+def _entry(name: str, value: Any) -> TensorEntry:
+    if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data_offsets"}:
+        raise ValueError(f"the entry of tensor {name!r} is not an object with dtype, shape and data_offsets")
+    dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
+    name = _short(name)
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+        raise ValueError(f"tensor {name} has the unknown dtype {_short(dtype, 30)}")
+    if not (isinstance(shape, list) and all(_is_int(n) and n >= 0 for n in shape)):
+        raise ValueError(f"tensor {name} has the shape {_short(shape)}, not a list of sizes")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(n) for n in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise ValueError(f"tensor {name} has the data_offsets {_short(offsets)}, not [begin, end]")
+    if offsets[1] - offsets[0] != math.prod(shape) * DTYPE_BYTES[dtype]:
+        raise ValueError(f"tensor {name} takes {offsets[1] - offsets[0]:,} bytes, which does not match its "
+                         f"shape {_short(shape)} of {dtype}")
+    return TensorEntry(dtype, tuple(shape), (offsets[0], offsets[1]))
+
+
+def read_safetensors_header(path: str | Path) -> SafetensorsHeader:
+    """Read and check a safetensors file's header, never mapping or reading the tensors' bytes.
+
+    Every entry must be well formed, the tensors must tile the data without gaps or overlaps, and the
+    file must be exactly as long as the header says: a file that passes can be mapped safely, and its
+    size is known before it is. Raises ``ValueError`` (with a short reason) for anything else, and
+    ``OSError`` if the file cannot be opened.
+    """
+    # O_NONBLOCK: were a FIFO put in the file's place, opening it would otherwise wait for a writer forever.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("it is not a regular file")
+        size = info.st_size
+        start = file.read(8)
+        if len(start) < 8:
+            raise ValueError(f"it is {size} bytes long, too short for a safetensors header")
+        length = int.from_bytes(start, "little")
+        if length > MAX_HEADER_BYTES:
+            raise ValueError(f"its header claims {length:,} bytes, more than the {MAX_HEADER_BYTES:,} allowed")
+        if 8 + length > size:
+            raise ValueError(f"its header claims {length:,} bytes, but the file holds only {size - 8:,} after the "
+                             f"length field")
+        text = file.read(length)
+    if len(text) != length:
+        raise ValueError("the file shrank while its header was read")
+    if not text.startswith(b"{"):
+        raise ValueError("its header is not a JSON object")
+    try:
+        header = parse_json(text, max_bytes=MAX_HEADER_BYTES, max_depth=MAX_HEADER_DEPTH)
+    except ValueError as error:
+        raise ValueError(f"its header is unusable: {error}") from None
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise ValueError("its __metadata__ is not an object of strings")
+    tensors = {name: _entry(name, value) for name, value in header.items()}
+    end = 0
+    for name, entry in sorted(tensors.items(), key=lambda item: item[1].offsets):
+        if entry.offsets[0] != end:
+            raise ValueError(f"tensor {_short(name)} starts at byte {entry.offsets[0]:,} of the data, not at {end:,} "
+                             f"where the previous one ends")
+        end = entry.offsets[1]
+    if size != 8 + length + end:
+        raise ValueError(f"the file is {size:,} bytes long, but its header describes {8 + length + end:,} (it was "
+                         f"cut short or has bytes appended)")
+    return SafetensorsHeader(tensors, metadata, end)
+
+
+def describe_file_type(mode: int) -> str:
+    """What a ``stat`` mode that is not a regular file or folder is, in words."""
+    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+             stat.S_IFBLK: "a block device"}
+    return kinds.get(stat.S_IFMT(mode), "not a file")
+
+
+def describe_folder(folder: Path, limit: int = 8) -> str:
+    """A folder's first entries, for a message that says what is there instead of the expected file."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as error:
+        return f"its contents could not be listed ({error.strerror})"
+    if not names:
+        return "it is empty"
+    shown = []
+    for name in names[:limit]:
+        shown.append((name if name.isprintable() else ascii(name)) + ("/" if os.path.isdir(folder / name) else ""))
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"it holds: {', '.join(shown)}{more}"
 
 
 def _tensor_bytes(value: Any) -> int:
@@ -85,48 +222,140 @@ def save_resume_state(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(Path(path), lambda tmp: torch.save(state, tmp), _tensor_bytes(state) + 65_536)
 
 
+PASS_A_CHECKPOINT = ("Pass the model.safetensors written by `python -m ddpm_core train --out DIR` (or the folder DIR "
+                     "itself).")
+
+
+def _mode_of(path: Path) -> int:
+    """``path``'s file type and permissions, from ``stat`` alone, or the message for a path with nothing there."""
+    try:
+        return os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            raise DDPMError(
+                f"No checkpoint at {path}: it is a symbolic link to {os.readlink(path)}, which does not exist. "
+                f"{PASS_A_CHECKPOINT}"
+            ) from None
+        raise DDPMError(f"No checkpoint at {path}. {PASS_A_CHECKPOINT}") from None
+    except OSError as error:
+        raise DDPMError(f"The checkpoint {path} cannot be looked at ({error.strerror}). {PASS_A_CHECKPOINT}") from None
+
+
 def _resolve_weights_path(path: str | Path) -> Path:
+    """The weights file that ``path`` names (itself, or a folder's model.safetensors), refused unless a regular file.
+
+    Only ``stat`` looks at it: a FIFO or a device is never opened, since reading one could block forever.
+    """
     path = Path(path)
-    if path.is_dir():
+    mode = _mode_of(path)
+    if stat.S_ISDIR(mode):
+        if not os.path.lexists(path / "model.safetensors"):
+            raise DDPMError(
+                f"No checkpoint at {path}: it is a folder without model.safetensors; {describe_folder(path)}. "
+                f"{_folder_hint(path)}"
+            )
         path = path / "model.safetensors"
-    if not path.is_file():
+        mode = _mode_of(path)
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else describe_file_type(mode)
         raise DDPMError(
-            f"No checkpoint at {path}. Pass the model.safetensors written by "
-            f"`python -m ddpm_core train --out DIR` (or the folder DIR itself)."
+            f"No checkpoint at {path}: it is not a regular file ({kind}), so it was not opened. {PASS_A_CHECKPOINT}"
         )
     return path
 
 
+def _folder_hint(folder: Path) -> str:
+    """What to pass instead of a folder without model.safetensors."""
+    try:
+        weights = sorted(p.name for p in folder.glob("*.safetensors") if p.is_file())
+        epochs = sorted(p.name for p in (folder / "epochs").glob("epoch_*.safetensors") if p.is_file())
+    except OSError:
+        weights, epochs = [], []
+    if weights:
+        return f"Pass one of its .safetensors files, such as {folder / weights[-1]}, or a training run's folder."
+    if epochs:
+        return f"Pass one of its epochs' files, such as {folder / 'epochs' / epochs[-1]}."
+    return PASS_A_CHECKPOINT
+
+
+def _recovery(path: Path) -> str:
+    """How to get a usable file instead of ``path``: another epoch of the same run where there is one."""
+    epochs = path.parent if path.parent.name == "epochs" else path.parent / "epochs"
+    try:
+        others = sorted(p for p in epochs.glob("epoch_*.safetensors") if p.name != path.name and p.is_file())
+    except OSError:
+        others = []
+    if others:
+        return f"Use another epoch's file from the same run (such as {others[-1]}) or train again."
+    return "Restore the original file, or train again with `python -m ddpm_core train --out DIR`."
+
+
 def _bad_metadata(path: Path, problem: str) -> DDPMError:
     return DDPMError(
-        f"The checkpoint {path} has unusable metadata: {problem}. The file was damaged or edited by hand; "
-        f"use another epoch's file from the same run (epochs/epoch_NNN.safetensors) or train again."
+        f"The checkpoint {path} has unusable metadata: {problem}. The file was damaged or edited by hand. "
+        f"{_recovery(path)}"
     )
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata of a weights file, without loading the weights.
+def _corrupt(path: Path, error: Exception) -> DDPMError:
+    return DDPMError(
+        f"The checkpoint {path} could not be read: it is truncated or corrupt ({error}). {_recovery(path)}"
+    )
 
-    Refuses a file that is not a diffusion checkpoint of this package's format (a classifier,
-    a foreign safetensors file, metadata that is not a JSON object, an unknown format version).
-    """
-    path = _resolve_weights_path(path)
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a hostile file's values can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _read_header(path: Path) -> SafetensorsHeader:
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("ddpm_core")
-    except (SafetensorError, OSError, ValueError) as error:
+        return read_safetensors_header(path)
+    except OSError as error:
+        raise DDPMError(
+            f"The checkpoint {path} could not be opened ({error.strerror or error}). Check its permissions, or "
+            f"{PASS_A_CHECKPOINT[0].lower()}{PASS_A_CHECKPOINT[1:]}"
+        ) from None
+    except ValueError as error:
         raise _corrupt(path, error) from None
+
+
+# Types of the metadata fields that loading or the book reads, where present (older files lack some).
+_METADATA_CHECKS = {
+    "has_ema": (lambda v: isinstance(v, bool), "true or false"),
+    "epoch": (lambda v: _is_int(v) and v >= 0, "a whole number"),
+    "loss_history": (lambda v: isinstance(v, list) and all(_is_int(x) or isinstance(x, float) for x in v),
+                     "a list of numbers"),
+    "seed": (_is_int, "a whole number"),
+    "wall_time_s": (lambda v: _is_int(v) or isinstance(v, float), "a number"),
+    "device": (lambda v: isinstance(v, str), "a string"),
+    "saved_at": (lambda v: isinstance(v, str), "a string"),
+    "versions": (lambda v: isinstance(v, dict), "an object"),
+    "train_config": (lambda v: isinstance(v, dict), "an object"),
+    "schedule": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def _metadata_from_header(path: Path, header: SafetensorsHeader) -> dict[str, Any]:
+    """The checkpoint's metadata document, parsed with bounded size and depth and checked field by field."""
+    raw = header.metadata.get("ddpm_core")
     if raw is None:
         raise DDPMError(
             f"{path} is a safetensors file but not a ddpm_core checkpoint (its metadata has no 'ddpm_core' "
             f"entry). Load a file written by `python -m ddpm_core train`."
         )
     try:
-        metadata = json.loads(raw)
+        metadata = parse_json(raw)
     except ValueError as error:
-        raise _bad_metadata(path, f"it is not valid JSON ({error})") from None
+        raise _bad_metadata(path, str(error)) from None
     if not isinstance(metadata, dict):
-        raise _bad_metadata(path, f"it is a JSON {type(metadata).__name__}, not an object")
+        raise _bad_metadata(path, f"it is a JSON {_json_kind(metadata)}, not an object")
     file_format = metadata.get("format", FORMAT)  # files from before the field existed are version 1
     if file_format == CLASSIFIER_FORMAT:
         raise DDPMError(
@@ -136,25 +365,24 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         )
     if file_format != FORMAT:
         raise DDPMError(
-            f"{path} has the checkpoint format {file_format!r}, which this version of ddpm_core does not know "
-            f"(it reads {FORMAT!r}). Load it with the version of ddpm_core that wrote it, or train again."
+            f"{path} has the checkpoint format {_short(file_format)}, which this version of ddpm_core does not "
+            f"know (it reads {FORMAT!r}). Load it with the version of ddpm_core that wrote it, or train again."
         )
+    for key, (is_valid, expected) in _METADATA_CHECKS.items():
+        if key in metadata and not is_valid(metadata[key]):
+            raise _bad_metadata(path, f"{key} must be {expected}, got {_short(metadata[key])}")
     return metadata
 
 
-def _corrupt(path: Path, error: Exception) -> DDPMError:
-    return DDPMError(
-        f"The checkpoint {path} could not be read: it is truncated or corrupt ({error}). "
-        f"Use another epoch's file from the same run (epochs/epoch_NNN.safetensors) or train again."
-    )
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a weights file, without loading the weights.
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    Refuses a file that is not a diffusion checkpoint of this package's format (a classifier,
+    a foreign safetensors file, metadata that is not a JSON object, an unknown format version),
+    and a file whose header is malformed; the tensors' bytes are never read.
+    """
+    path = _resolve_weights_path(path)
+    return _metadata_from_header(path, _read_header(path))
 
 
 _CONFIG_CHECKS = {
@@ -218,13 +446,17 @@ def config_from_metadata(data: Any, path: Path) -> UNetConfig:
 def _schedule_from_metadata(metadata: dict[str, Any], path: Path) -> NoiseSchedule:
     schedule = metadata.get("schedule", {})
     if not isinstance(schedule, dict) or set(schedule) - {"num_steps", "beta_start", "beta_end"}:
-        raise _bad_metadata(path, f"schedule must be an object with num_steps, beta_start, beta_end; got {schedule!r}")
+        raise _bad_metadata(path, f"schedule must be an object with num_steps, beta_start, beta_end; got "
+                                  f"{_short(schedule)}")
     num_steps = schedule.get("num_steps", 1000)
     if not (_is_int(num_steps) and 1 <= num_steps <= MAX_NUM_STEPS):
         raise _bad_metadata(path, f"schedule num_steps must be a whole number in 1..{MAX_NUM_STEPS}")
     if not all(_is_number(schedule[k]) for k in ("beta_start", "beta_end") if k in schedule):
         raise _bad_metadata(path, "schedule beta_start and beta_end must be finite numbers")
-    result = NoiseSchedule(**schedule)
+    try:
+        result = NoiseSchedule(**schedule)
+    except DDPMError as error:  # the schedule names no file: say which one holds the impossible betas
+        raise _bad_metadata(path, f"its noise schedule is impossible ({str(error).rstrip('.')})") from None
     trained = metadata.get("train_config")
     if isinstance(trained, dict):
         used = {k: trained.get(k) for k in ("num_steps", "beta_start", "beta_end")}
@@ -250,10 +482,11 @@ class LoadedModel:
 
 
 def _shape_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> str:
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
+    # Names and shapes are cut short: a hostile file's can be megabytes long.
+    missing = [k[:80] for k in sorted(set(expected) - set(found))]
+    unexpected = [k[:80] for k in sorted(set(found) - set(expected))]
     wrong_shape = [
-        f"{k}: file {found[k]} vs model {expected[k]}"
+        f"{k[:80]}: file {_short(found[k], 80)} vs model {expected[k]}"
         for k in sorted(set(expected) & set(found))
         if found[k] != expected[k]
     ]
@@ -273,6 +506,38 @@ def _expected_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in UNet(config).state_dict().items()}
 
 
+def _check_tensors(path: Path, header: SafetensorsHeader, config: UNetConfig, use_ema: bool) -> None:
+    """Refuse a file whose tensors are not exactly the raw (and, if any, EMA) weights of ``config``."""
+    if header.data_bytes > MAX_DATA_BYTES:
+        largest = max(header.tensors.items(), key=lambda item: item[1].offsets[1] - item[1].offsets[0])
+        size = largest[1].offsets[1] - largest[1].offsets[0]
+        raise DDPMError(
+            f"The checkpoint {path} declares {header.data_bytes / 1e9:,.1f} GB of tensors ({_short(largest[0])} "
+            f"alone: {size / 1e9:,.1f} GB), more than the {MAX_DATA_BYTES / 1e9:.1f} GB that the weights of the "
+            f"largest network allowed take, so nothing of it was loaded. It is not a file this package wrote, "
+            f"or it was damaged. {_recovery(path)}"
+        )
+    odd = [f"{_short(k)} ({e.dtype})" for k, e in header.tensors.items() if e.dtype not in WEIGHT_DTYPES]
+    if odd:
+        raise DDPMError(
+            f"The checkpoint {path} holds tensors that are not floating-point weights: {', '.join(odd[:5])}. "
+            f"It is not a file this package wrote, or it was damaged. {_recovery(path)}"
+        )
+    expected = _expected_shapes(config)
+    problems = [_shape_mismatch(expected, header.shapes())]
+    ema = header.shapes(ema=True)
+    if ema or use_ema:
+        ema_problem = _shape_mismatch({EMA_PREFIX + k: v for k, v in expected.items()},
+                                      {EMA_PREFIX + k: v for k, v in ema.items()})
+        problems.append(ema_problem)
+    mismatch = "; ".join(problem for problem in problems if problem)
+    if mismatch:
+        raise DDPMError(
+            f"The weights in {path} do not fit the architecture its metadata describes ({mismatch}). "
+            f"The file was written by a different network; load it with the code that trained it, or train again."
+        )
+
+
 def load_checkpoint(
     path: str | Path,
     device: torch.device | str = "cpu",
@@ -288,7 +553,8 @@ def load_checkpoint(
         expected_config: refuse the file unless it was trained with this architecture.
     """
     path = _resolve_weights_path(path)
-    metadata = read_metadata(path)
+    header = _read_header(path)
+    metadata = _metadata_from_header(path, header)
     config = config_from_metadata(metadata.get("model_config"), path)
     if expected_config is not None and config != expected_config:
         raise DDPMError(
@@ -301,24 +567,14 @@ def load_checkpoint(
             f"Sample without --ema (in Python: use_ema=False), or train a run with --ema-decay 0.999."
         )
     schedule = _schedule_from_metadata(metadata, path)
+    _check_tensors(path, header, config, use_ema)
+    # Only now is the file mapped: its header was checked, so its size is that of the weights the model needs.
+    prefix = EMA_PREFIX if use_ema else ""
     try:
         with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
+            state = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(EMA_PREFIX) == use_ema}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise _corrupt(path, error) from None
-    prefix = EMA_PREFIX if use_ema else ""
-    wanted = {k[len(prefix):]: shape for k, shape in shapes.items() if k.startswith(EMA_PREFIX) == use_ema}
-    mismatch = _shape_mismatch(_expected_shapes(config), wanted)
-    if mismatch:
-        raise DDPMError(
-            f"The weights in {path} do not fit the architecture its metadata describes ({mismatch}). "
-            f"The file was written by a different network; load it with the code that trained it, or train again."
-        )
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise _corrupt(path, error) from None
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX) == use_ema}
     model = UNet(config)
     model.load_state_dict(state)
     # Channels-last activations are measurably faster for these small convolutions on the CPU.

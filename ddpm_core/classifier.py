@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -34,14 +35,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ddpm_core import arguments
+from ddpm_core.checkpoint import (
+    WEIGHT_DTYPES,
+    SafetensorsHeader,
+    describe_file_type,
+    describe_folder,
+    read_safetensors_header,
+)
 from ddpm_core.data import load_mnist
 from ddpm_core.device import device_description
 from ddpm_core.errors import DDPMError
-from ddpm_core.files import atomic_write, library_versions
+from ddpm_core.files import atomic_write, check_output_file, library_versions, parse_json
 
 FORMAT = "ddpm_core/classifier/1"
 CLASSIFIER_ENV = "DDPM_CLASSIFIER"
@@ -234,40 +243,95 @@ def default_path() -> Path:
     return Path(os.environ.get(CLASSIFIER_ENV, DEFAULT_PATH))
 
 
+def _classifier_file(path: Path) -> None:
+    """Refuse a path that is not a regular file, looking at it with ``stat`` only (a FIFO is never opened)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        packaged = "" if path == DEFAULT_PATH else f" (the packaged copy is {DEFAULT_PATH})"
+        why = "" if isinstance(error, (FileNotFoundError, NotADirectoryError)) else f" ({error.strerror})"
+        raise DDPMError(
+            f"No MNIST classifier at {path}{why}{packaged}: reinstall ddpm-core, pass --classifier PATH or set "
+            f"{CLASSIFIER_ENV} to a copy, or train one with {_retrain_hint(path)}."
+        ) from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        what = f"a folder, not a classifier file; {describe_folder(path)}"
+    else:
+        what = f"not a regular file ({describe_file_type(mode)}), so it was not opened"
+    raise DDPMError(
+        f"No MNIST classifier at {path}: it is {what}. Pass the classifier's .safetensors file (the packaged one is "
+        f"{DEFAULT_PATH}), or train one with {_retrain_hint(path)}."
+    )
+
+
+def _classifier_metadata(path: Path, header: SafetensorsHeader) -> dict[str, Any]:
+    """The classifier file's metadata document, parsed with bounded size and depth; refused unless an object."""
+    raw = header.metadata.get("ddpm_core", "{}")  # a file without it is refused below as not a classifier
+    try:
+        metadata = parse_json(raw)
+    except ValueError as error:
+        problem = str(error)
+    else:
+        if isinstance(metadata, dict):
+            return metadata
+        kind = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(metadata))
+        problem = f"it is a JSON {kind or 'null'}, not an object"
+    raise DDPMError(
+        f"The MNIST classifier {path} has unusable metadata ({problem}); the file was damaged or edited by hand. "
+        f"Pass the classifier's .safetensors file (the packaged one is {DEFAULT_PATH}), or train a new one with "
+        f"{_retrain_hint(path)}."
+    )
+
+
 def load_classifier(path: str | Path | None = None, device: torch.device | str = "cpu") -> MNISTClassifier:
     """Load the trained classifier in eval mode; by default from ``default_path()``.
 
-    The file's metadata is available afterwards as ``model.metadata``.
+    The file's header is read and checked before a byte of weights is mapped: its metadata, and
+    the names, shapes and sizes of its tensors, which must be exactly MNISTClassifier's. The
+    file's metadata is available afterwards as ``model.metadata``.
     """
     path = Path(path) if path is not None else default_path()
-    if not path.is_file():
-        packaged = "" if path == DEFAULT_PATH else f" (the packaged copy is {DEFAULT_PATH})"
-        raise DDPMError(
-            f"No MNIST classifier at {path}{packaged}: reinstall ddpm-core, pass --classifier PATH or set "
-            f"{CLASSIFIER_ENV} to a copy, or train one with {_retrain_hint(path)}."
-        )
+    _classifier_file(path)
     try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            metadata = json.loads((f.metadata() or {}).get("ddpm_core", "{}"))
-    except (SafetensorError, OSError, ValueError) as error:
+        header = read_safetensors_header(path)
+    except (OSError, ValueError) as error:
         raise DDPMError(
             f"The MNIST classifier {path} could not be read: it is truncated or corrupt ({error}). "
             f"Restore the committed file, or train a new one with {_retrain_hint(path)}."
         ) from None
+    metadata = _classifier_metadata(path, header)
     if metadata.get("format") != FORMAT:
+        shown = repr(metadata.get("format"))
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
         raise DDPMError(
             f"{path} is a safetensors file but not an MNIST classifier (its metadata format is "
-            f"{metadata.get('format')!r}, expected {FORMAT!r}). Pass the classifier file, or train one with "
+            f"{shown}, expected {FORMAT!r}). Pass the classifier file, or train one with "
             f"{_retrain_hint(path)}."
         )
-    model = MNISTClassifier()
-    expected = model.state_dict()
-    if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
+    with torch.device("meta"):  # shapes only
+        expected = {k: tuple(v.shape) for k, v in MNISTClassifier().state_dict().items()}
+    found = {k: entry.shape for k, entry in header.tensors.items()}
+    floats = all(entry.dtype in WEIGHT_DTYPES for entry in header.tensors.values())
+    if found != expected or not floats:
+        # The names, sizes and dtypes are a hostile file's to choose: only a few, cut short, are shown.
+        odd = sorted(set(found) ^ set(expected)) + sorted(k for k in set(found) & set(expected)
+                                                          if found[k] != expected[k])
+        odd += sorted(k for k, entry in header.tensors.items() if entry.dtype not in WEIGHT_DTYPES)
         raise DDPMError(
-            f"The weights in {path} do not fit MNISTClassifier (different layer names or shapes); the file was "
-            f"written by another version of the network. Train a new one with {_retrain_hint(path)}."
+            f"The weights in {path} do not fit MNISTClassifier (different layer names, shapes or types: "
+            f"{', '.join(repr(k[:60]) for k in odd[:5])}); the file was written by another version of the network "
+            f"or is not a classifier. Train a new one with {_retrain_hint(path)}."
         )
+    try:
+        tensors = load_file(str(path))  # mapped only now: its size is that of MNISTClassifier's weights
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise DDPMError(
+            f"The MNIST classifier {path} could not be read: it is truncated or corrupt ({error}). "
+            f"Restore the committed file, or train a new one with {_retrain_hint(path)}."
+        ) from None
+    model = MNISTClassifier()
     model.load_state_dict(tensors)
     model.metadata = metadata
     return model.to(device).eval()
@@ -275,14 +339,14 @@ def load_classifier(path: str | Path | None = None, device: torch.device | str =
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ddpm_core.classifier --out PATH --epochs N``: train the judge and print its test accuracy."""
-    from ddpm_core.cli import check_output_file, positive_int, seed_int
-
     parser = argparse.ArgumentParser(
         prog="python -m ddpm_core.classifier", description="Train the MNIST classifier used to score samples."
     )
     parser.add_argument("--out", type=Path, required=True, help=f"weights file to write (the book's: {DEFAULT_PATH})")
-    parser.add_argument("--epochs", type=positive_int, default=6, help="passes over the training set (default 6)")
-    parser.add_argument("--seed", type=seed_int, default=0, help="seed for weights, data order and shifts (default 0)")
+    parser.add_argument("--epochs", type=arguments.positive_int, default=6,
+                        help="passes over the training set (default 6)")
+    parser.add_argument("--seed", type=arguments.seed_int, default=0,
+                        help="seed for weights, data order and shifts (default 0)")
     parser.add_argument("--force", action="store_true", help="replace an existing file at --out")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)

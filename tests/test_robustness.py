@@ -123,8 +123,8 @@ def test_a_huge_network_in_the_metadata_is_refused_before_any_allocation(tiny_ru
 @pytest.mark.parametrize(
     "argv, words",
     [
-        (["sample", "--num-samples", "1000000000"], ["at most 100,000 samples"]),
-        (["evaluate", "--num-samples", "1000000000"], ["at most 100,000 samples"]),
+        (["sample", "--num-samples", "1000000000"], ["from 1 to 100,000", "different --seed values"]),
+        (["evaluate", "--num-samples", "1000000000"], ["from 1 to 100,000", "different --seed values"]),
         (["sample", "--seed", str(2**64)], ["expected a seed from 0 to 4294967295"]),
         (["evaluate", "--seed", "-1"], ["expected a seed from 0 to 4294967295"]),
         (["train", "--seed", str(2**64)], ["expected a seed from 0 to 4294967295"]),
@@ -419,7 +419,8 @@ def test_an_empty_data_folder_is_left_empty_when_the_download_fails(tmp_path, ca
 
 
 def test_leftover_temporary_files_are_removed_by_the_next_run(run_copy):
-    leftovers = [run_copy / ".resume.pt.k2j4h1.tmp", run_copy / "epochs" / ".epoch_002.safetensors.x8a.tmp"]
+    leftovers = [run_copy / ".ddpm_core-resume.pt.k2j4h1.tmp",
+                 run_copy / "epochs" / ".ddpm_core-epoch_002.safetensors.x8a.tmp"]
     for path in leftovers:
         path.write_bytes(b"half a file")
     train(run_copy, TrainConfig(epochs=1, batch_size=32, num_steps=20, ema_decay=None), TINY_CONFIG, resume=True,
