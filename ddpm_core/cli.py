@@ -1,4 +1,4 @@
-"""The command line: ``python -m ddpm_core {train,sample,evaluate} ...``.
+"""The command line: ``python -m ddpm_core {train,sample,evaluate,export} ...``.
 
 Bad arguments and unusable inputs print one paragraph saying what was wrong
 and how to fix it, and exit with status 2; a model that produces NaN or inf
@@ -10,155 +10,24 @@ work starts (numbers, output paths, the run lock) is checked first.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shlex
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
-from ddpm_core.errors import DDPMError, DiskFullError
+from ddpm_core import arguments
+from ddpm_core.errors import DDPMError, DiskFullError, NonFiniteOutputError
+from ddpm_core.files import check_output_file
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
-MAX_SEED = 2**32 - 1
-MAX_SAMPLES = 100_000  # 300 MB of float32 images; evaluate's metrics stay within a few GB
 DDIM_STEPS, DDIM_ETA = 50, 0.0
 
 # The flags that turn the default recipe into the reference run's (Adam 2e-4, constant, uniform weights).
 REFERENCE_FLAGS = (
     "--lr 2e-4 --warmup-steps 0 --lr-decay constant --grad-clip none --no-ema-warmup --loss-weighting uniform"
 )
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-_positive_int = positive_int
-
-
-def seed_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED} (2**32 - 1), got {value}")
-    return value
-
-
-def _sample_count(text: str) -> int:
-    value = positive_int(text)
-    if value > MAX_SAMPLES:
-        raise argparse.ArgumentTypeError(
-            f"expected at most {MAX_SAMPLES:,} samples, got {value:,}; run the command several times with "
-            f"different --seed values for more"
-        )
-    return value
-
-
-def _finite_float(text: str, wanted: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected {wanted}, got {value} (not a finite number)")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _finite_float(text, "a positive number")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _finite_float(text, "a number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
-
-
-def _label_list(text: str) -> tuple[int, ...]:
-    labels = _int_list(text)
-    if not labels or min(labels) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated classes such as 0,1,2, got {text!r}")
-    return labels
-
-
-def _width_list(text: str) -> tuple[int, ...]:
-    widths = _int_list(text)
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive widths such as 32,32,48, got {text!r}")
-    return widths
-
-
-def _resolution_list(text: str) -> tuple[int, ...]:
-    if text.strip().lower() in ("", "none"):
-        return ()
-    return _int_list(text)
-
-
-def _optional(parse):
-    """An argparse type that also takes "none", for settings that can be switched off."""
-
-    def parse_or_none(text: str):
-        return None if text.strip().lower() == "none" else parse(text)
-
-    return parse_or_none
-
-
-def _fraction(strict: bool):
-    """An argparse type for a number in [0, 1], or in (0, 1) when ``strict``."""
-
-    def parse(text: str) -> float:
-        value = _finite_float(text, "a number between 0 and 1")
-        if strict and not 0.0 < value < 1.0:
-            raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1 (e.g. 0.999), got {value}")
-        if not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
-        return value
-
-    return parse
-
-
-_decay = _fraction(strict=True)
-_unit_interval = _fraction(strict=False)
-
-
-def _device(text: str) -> str:
-    from ddpm_core.device import DEVICE_CHOICES
-
-    if text.split(":")[0].lower() not in DEVICE_CHOICES:
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}; choose one of {', '.join(DEVICE_CHOICES)}")
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,38 +45,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     # The defaults are the book's recipe: TrainConfig() and UNetConfig().
     tc, uc = TrainConfig(), UNetConfig()
-    train.add_argument("--epochs", type=_positive_int, default=tc.epochs, help="total epochs (default %(default)s)")
-    train.add_argument("--batch-size", type=_positive_int, default=tc.batch_size,
+    train.add_argument("--epochs", type=arguments.positive_int, default=tc.epochs, help="total epochs (default %(default)s)")
+    train.add_argument("--batch-size", type=arguments.positive_int, default=tc.batch_size,
                        help="images per step (default %(default)s)")
-    train.add_argument("--lr", type=_positive_float, default=tc.lr,
+    train.add_argument("--lr", type=arguments.positive_float, default=tc.lr,
                        help="Adam learning rate; the peak rate with --warmup-steps (default %(default)s)")
-    train.add_argument("--out", type=Path, default=Path("runs/mnist"), help="output folder (default runs/mnist)")
+    train.add_argument("--out", type=arguments.folder, default=Path("runs/mnist"), help="output folder (default runs/mnist)")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    train.add_argument("--seed", type=seed_int, default=tc.seed,
+    train.add_argument("--seed", type=arguments.seed_int, default=tc.seed,
                        help="seed for weights, data order and noise (default %(default)s)")
-    train.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
-    train.add_argument("--subset", type=_positive_int, default=None, help="train on the first N images only")
-    train.add_argument("--ema-decay", type=_optional(_decay), default=tc.ema_decay,
+    train.add_argument("--device", type=arguments.device_name, default="auto", help="auto, cpu, cuda or mps (default auto)")
+    train.add_argument("--subset", type=arguments.positive_int, default=None, help="train on the first N images only")
+    train.add_argument("--ema-decay", type=arguments.optional(arguments.decay), default=tc.ema_decay,
                        help="decay of the weights' moving average, or none (default %(default)s)")
     train.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=tc.ema_warmup,
                        help="EMA decay min(decay, (1+n)/(10+n)) at step n (default %(default)s)")
-    train.add_argument("--warmup-steps", type=_non_negative_int, default=tc.warmup_steps,
+    train.add_argument("--warmup-steps", type=arguments.non_negative_int, default=tc.warmup_steps,
                        help="linear learning-rate warm-up steps (default %(default)s)")
     train.add_argument("--lr-decay", choices=("constant", "cosine"), default=tc.lr_decay,
                        help="learning rate after the warm-up (default %(default)s)")
-    train.add_argument("--grad-clip", type=_optional(_positive_float), default=tc.grad_clip,
+    train.add_argument("--grad-clip", type=arguments.optional(arguments.positive_float), default=tc.grad_clip,
                        help="clip the gradients' norm to this, or none (default %(default)s)")
     train.add_argument("--loss-weighting", choices=("uniform", "min_snr"), default=tc.loss_weighting,
                        help="uniform (L_simple) or min_snr (default %(default)s)")
-    train.add_argument("--min-snr-gamma", type=_positive_float, default=tc.min_snr_gamma,
+    train.add_argument("--min-snr-gamma", type=arguments.positive_float, default=tc.min_snr_gamma,
                        help="gamma of min_snr (default %(default)s)")
     train.add_argument("--precision", choices=("fp32", "bf16"), default=tc.precision,
                        help="bf16: the network under bfloat16 autocast, the loss in fp32 (default fp32)")
-    train.add_argument("--channels", type=_width_list, default=uc.channels,
+    train.add_argument("--channels", type=arguments.width_list, default=uc.channels,
                        help="widths at 28, 14 and 7 pixels, e.g. 32,32,48 (default %(default)s)")
-    train.add_argument("--time-embed-dim", type=_positive_int, default=uc.time_embed_dim,
+    train.add_argument("--time-embed-dim", type=arguments.positive_int, default=uc.time_embed_dim,
                        help="timestep embedding width (default %(default)s)")
-    train.add_argument("--attention", type=_resolution_list, default=uc.attention,
+    train.add_argument("--attention", type=arguments.resolution_list, default=uc.attention,
                        help="resolutions with self-attention, e.g. 7 or 7,14, or none (default %(default)s)")
     train.add_argument("--downsample", choices=("maxpool", "conv"), default=uc.downsample,
                        help="maxpool or conv (default %(default)s)")
@@ -215,88 +84,60 @@ def build_parser() -> argparse.ArgumentParser:
                        help="zero the last convolution of each block (default %(default)s)")
     train.add_argument("--conditional", action="store_true",
                        help="train eps_theta(x_t, t, y) on the digits' labels, for classifier-free guidance")
-    train.add_argument("--p-uncond", type=_unit_interval, default=None,
+    train.add_argument("--p-uncond", type=arguments.unit_interval, default=None,
                        help="with --conditional: share of labels dropped to 'no class' (default 0.1)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     samp = commands.add_parser("sample", help="generate digits from a checkpoint")
     samp.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors or a training folder")
-    samp.add_argument("--num-samples", type=_sample_count, default=None,
+    samp.add_argument("--num-samples", type=arguments.sample_count, default=None,
                       help="number of images (default 32, or one per --labels entry)")
-    samp.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed S+i (default 0)")
-    samp.add_argument("--out", type=Path, required=True, help="output file: .png (a grid) or .npy (uint8 N x 28 x 28)")
+    samp.add_argument("--seed", type=arguments.seed_int, default=0, help="sample i uses seed S+i (default 0)")
+    samp.add_argument("--out", type=arguments.file_path, required=True,
+                      help="output file: .png (a grid) or .npy (uint8 N x 28 x 28)")
+    samp.add_argument("--force", action="store_true", help="replace an existing file (or link) at --out")
     samp.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (1000 steps) or ddim")
-    samp.add_argument("--steps", type=_positive_int, default=None, help="DDIM steps, 1..T (default 50)")
-    samp.add_argument("--eta", type=_unit_interval, default=None, help="DDIM stochasticity, 0..1 (default 0)")
+    samp.add_argument("--steps", type=arguments.positive_int, default=None, help="DDIM steps, 1..T (default 50)")
+    samp.add_argument("--eta", type=arguments.unit_interval, default=None, help="DDIM stochasticity, 0..1 (default 0)")
     samp.add_argument("--variance", choices=("beta", "posterior"), default="beta", help="sigma_t^2 (default beta)")
-    samp.add_argument("--noise-scale", type=_non_negative_float, default=1.0,
-                      help="scale of the fresh noise (default 1.0)")
+    samp.add_argument("--noise-scale", type=arguments.noise_scale, default=1.0,
+                      help=f"scale of the fresh noise, 0..{arguments.MAX_NOISE_SCALE:g} (default 1.0)")
     samp.add_argument("--ema", action="store_true", help="use the EMA weights")
     asked = samp.add_mutually_exclusive_group()
-    asked.add_argument("--label", type=_non_negative_int, default=None,
+    asked.add_argument("--label", type=arguments.non_negative_int, default=None,
                        help="conditional models: the digit every sample should be, e.g. 7")
-    asked.add_argument("--labels", type=_label_list, default=None,
+    asked.add_argument("--labels", type=arguments.label_list, default=None,
                        help="conditional models: one digit per sample, e.g. 0,1,2,3 (repeated to --num-samples)")
-    samp.add_argument("--guidance", type=_non_negative_float, default=None,
-                      help="conditional models: classifier-free guidance w; 0 unconditional, 1 conditional "
-                           "(default 1)")
-    samp.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
+    samp.add_argument("--guidance", type=arguments.guidance_weight, default=None,
+                      help=f"conditional models: classifier-free guidance w, 0..{arguments.MAX_GUIDANCE:g}; 0 "
+                           "unconditional (no label needed), 1 conditional (default 1)")
+    samp.add_argument("--device", type=arguments.device_name, default="auto", help="auto, cpu, cuda or mps (default auto)")
     samp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate = commands.add_parser("evaluate", help="sample from a checkpoint and print quality metrics")
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors or a training folder")
-    evaluate.add_argument("--num-samples", type=_sample_count, default=1000, help="number of samples (default 1000)")
-    evaluate.add_argument("--seed", type=seed_int, default=0, help="sample i uses seed S+i (default 0)")
+    evaluate.add_argument("--num-samples", type=arguments.sample_count, default=1000, help="number of samples (default 1000)")
+    evaluate.add_argument("--seed", type=arguments.seed_int, default=0, help="sample i uses seed S+i (default 0)")
     evaluate.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (1000 steps) or ddim")
-    evaluate.add_argument("--steps", type=_positive_int, default=None, help="DDIM steps (default 50)")
-    evaluate.add_argument("--eta", type=_unit_interval, default=None, help="DDIM stochasticity (default 0)")
+    evaluate.add_argument("--steps", type=arguments.positive_int, default=None, help="DDIM steps (default 50)")
+    evaluate.add_argument("--eta", type=arguments.unit_interval, default=None, help="DDIM stochasticity (default 0)")
     evaluate.add_argument("--ema", action="store_true", help="use the EMA weights")
-    evaluate.add_argument("--guidance", type=_non_negative_float, default=None,
+    evaluate.add_argument("--guidance", type=arguments.guidance_weight, default=None,
                           help="conditional models: guidance w; sample i asks for digit i mod 10 (default 1)")
     evaluate.add_argument("--classifier", type=Path, default=None, help="judge weights (default: the packaged ones)")
-    evaluate.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or mps (default auto)")
+    evaluate.add_argument("--device", type=arguments.device_name, default="auto", help="auto, cpu, cuda or mps (default auto)")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     export = commands.add_parser(
         "export", help="export eps_theta(x_t, t) to ONNX, checked against PyTorch with ONNX Runtime"
     )
     export.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors or a training folder")
-    export.add_argument("--out", type=Path, required=True,
+    export.add_argument("--out", type=arguments.file_path, required=True,
                         help="the .onnx file; the schedule and provenance go beside it in a .json of the same name")
     export.add_argument("--ema", action="store_true", help="export the EMA weights")
-    export.add_argument("--seeds", type=_non_negative_int, default=0,
-                        help="also write seeds.json beside it: x_T of seeds 0..N-1 as the samplers draw them")
+    export.add_argument("--seeds", type=arguments.export_seed_count, default=0,
+                        help=f"also write seeds.json beside it: x_T of seeds 0..N-1 as the samplers draw them "
+                             f"(at most {arguments.MAX_EXPORT_SEEDS:,})")
+    export.add_argument("--force", action="store_true", help="replace existing files that export did not write")
     return parser
-
-
-def check_writable(path: Path) -> None:
-    """Refuse an output file path that is a folder or lies in a place that cannot be written, before any work."""
-    if path.is_dir():
-        raise DDPMError(f"The output {path} is a folder; pass a file name inside it, such as {path / 'samples.png'}.")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise DDPMError(f"Cannot write {path}: {ancestor} is a file, not a folder. Choose another output path.")
-    try:  # a real write: permission bits say nothing for root or on a read-only mount
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as error:
-        raise DDPMError(
-            f"Cannot write {path}: {ancestor} is not writable ({error.strerror}). Choose another output path."
-        ) from None
-    if path.exists() and not os.access(path, os.W_OK):
-        raise DDPMError(f"Cannot write {path}: the file there is read-only. Choose another output path.")
-
-
-def check_output_file(path: Path, suffixes: tuple[str, ...], force: bool, what: str) -> None:
-    """Refuse to replace an existing file unless ``force``; then check that ``path`` can be written."""
-    if path.suffix.lower() not in suffixes:
-        raise DDPMError(f"The {what} file {path} should end in {' or '.join(suffixes)}.")
-    if path.is_file() and not force:
-        raise DDPMError(
-            f"{path} already exists; nothing was overwritten. Choose a new --out path, or pass --force to "
-            f"replace that file."
-        )
-    check_writable(path)
 
 
 def _ddim_options(args: argparse.Namespace) -> None:
@@ -340,12 +181,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ddpm_core.export import export_onnx, write_seed_noise
+    from ddpm_core.export import check_outputs, export_onnx, write_seed_noise
 
-    check_writable(args.out)  # export_onnx refuses a name without .onnx before it loads anything
-    check_writable(args.out.with_suffix(".json"))
-    if args.seeds:
-        check_writable(args.out.with_name("seeds.json"))
+    paths = check_outputs(args.out, args.seeds, args.force)  # before the checkpoint is even loaded
     try:
         report = export_onnx(args.checkpoint, args.out, use_ema=args.ema)
     except OSError as error:
@@ -354,20 +192,25 @@ def _export(args: argparse.Namespace) -> int:
           f"PyTorch to {report.max_abs_difference:.1e} at batch sizes {list(report.checked_batches)} and t in "
           f"{list(report.checked_timesteps)}")
     if args.seeds:
-        seeds = write_seed_noise(list(range(args.seeds)), args.out.with_name("seeds.json"))
+        seeds = write_seed_noise(list(range(args.seeds)), paths["seeds"])
         print(f"wrote {seeds}: x_T of seeds 0 to {args.seeds - 1}")
     return 0
 
 
-def _resume_command(argv: list[str]) -> str:
-    return shlex.join(["python", "-m", "ddpm_core", *argv, *([] if "--resume" in argv else ["--resume"])])
+def _resume_command(argv: list[str], resume: bool = True) -> str:
+    """The command line ``argv`` with --resume (to continue a run), or without it (to start the run again)."""
+    # argparse also takes an unambiguous prefix of --resume, such as --res.
+    options = [a for a in argv if not (len(a) > 2 and a.startswith("--") and "--resume".startswith(a))]
+    return shlex.join(["python", "-m", "ddpm_core", *options, *(["--resume"] if resume else [])])
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     import dataclasses
 
+    from ddpm_core import distributed
     from ddpm_core.checkpoint import check_model_config
-    from ddpm_core.training import TrainConfig, saved_epoch, train
+    from ddpm_core.run_folder import RunFolder
+    from ddpm_core.training import TrainConfig, train
     from ddpm_core.unet import UNetConfig
 
     if args.p_uncond is not None and not args.conditional:
@@ -403,13 +246,22 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         result = train(args.out, config, model_config, resume=args.resume, device=args.device,
                        progress=not args.no_progress)
     except DiskFullError as error:
-        epoch = saved_epoch(args.out)
-        kept = f"epoch {epoch}" if epoch is not None else "no finished epoch yet"
+        folder = RunFolder(args.out)
+        epoch = folder.saved_epoch()
+        free = f"Free at least {error.needed_bytes / 1e6:.1f} MB there"
+        if epoch is not None:
+            raise DDPMError(
+                f"The disk is full: {error} The run's last checkpoint in {args.out} (epoch {epoch}) is intact. "
+                f"{free}, then continue with `{_resume_command(argv)}`."
+            ) from None
+        # No checkpoint to continue from: --resume would be refused, so the advice is the command without it.
+        leftovers = folder.run_files()
+        moved = f", move {folder.describe(leftovers)} out of {args.out}" if leftovers else ""
         raise DDPMError(
-            f"The disk is full: {error} The run's last checkpoint in {args.out} ({kept}) is intact. Free at "
-            f"least {error.needed_bytes / 1e6:.1f} MB there, then continue with `{_resume_command(argv)}`."
+            f"The disk is full: {error} No epoch had been saved, so there is nothing to continue in {args.out}. "
+            f"{free}{moved}, then start again with `{_resume_command(argv, resume=False)}`."
         ) from None
-    if int(os.environ.get("RANK", "0") or 0) > 0:  # under torchrun, rank 0 reports for every process
+    if not distributed.ranks_from_env().main:  # under torchrun, rank 0 reports for every process
         return 0
     if args.no_progress:  # the bar's per-epoch lines were off: list the epochs here
         for epoch, loss in enumerate(result.loss_history, start=1):
@@ -417,7 +269,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     losses = ", ".join(f"{loss:.4f}" for loss in result.loss_history)
     print(f"trained {len(result.loss_history)} epochs on {result.device} in {result.wall_time_s:.0f} s")
     print(f"epoch mean losses: {losses}")
-    print(f"checkpoint: {args.out / 'model.safetensors'}")
+    print(f"checkpoint: {RunFolder(args.out).weights}")
     return 0
 
 
@@ -428,20 +280,16 @@ def _sample(args: argparse.Namespace) -> int:
     from ddpm_core.data import to_uint8
     from ddpm_core.ddim import ddim_sample
     from ddpm_core.device import resolve_device
+    from ddpm_core.files import atomic_write
     from ddpm_core.sampling import sample
     from ddpm_core.viz import save_grid
 
-    suffix = args.out.suffix.lower()
-    if suffix not in (".png", ".npy"):
-        raise DDPMError(
-            f"Unknown output extension {args.out.suffix!r} for {args.out}: use .png for an image grid or .npy for "
-            f"a uint8 array of shape (N, 28, 28)."
-        )
-    check_writable(args.out)
+    check_output_file(args.out, (".png", ".npy"), force=args.force, example="samples.png",
+                      what="samples (.png: an image grid; .npy: uint8 images, N x 28 x 28)")
     _ddim_options(args)
     labels = _requested_labels(args)
     loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), use_ema=args.ema)
-    _check_conditioning(args, loaded)
+    labels = _check_conditioning(args, loaded, labels)
     guided = {"labels": labels, "guidance": 1.0 if args.guidance is None else args.guidance}
     if args.sampler == "ddim":
         images, _ = ddim_sample(loaded.model, loaded.schedule, num_samples=args.num_samples, seed=args.seed,
@@ -457,10 +305,26 @@ def _sample(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             **guided,
         )
-    check_finite_samples(images, loaded.path)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".npy":
-        np.save(args.out, to_uint8(images)[:, 0].numpy())
+    settings = [f"{flag} {value:g}" for flag, value, usual in (("--noise-scale", args.noise_scale, 1.0),
+                ("--guidance", args.guidance, None)) if value not in (usual, 0.0, 1.0)]
+    try:
+        check_finite_samples(images, loaded.path)
+    except NonFiniteOutputError:
+        if not settings:
+            raise
+        raise NonFiniteOutputError(  # the user's setting, not the weights, is the first suspect
+            f"The samples became non-finite (NaN or inf) with {' and '.join(settings)}, so nothing was written. "
+            f"Run again with a value closer to the default (--noise-scale 1, --guidance 1) to tell whether the "
+            f"setting or the checkpoint {loaded.path} is the cause."
+        ) from None
+    if args.out.suffix.lower() == ".npy":
+        array = to_uint8(images)[:, 0].numpy()
+
+        def write_npy(tmp: str) -> None:
+            with open(tmp, "wb") as file:  # a file object: np.save adds no second ".npy" to the name
+                np.save(file, array)
+
+        atomic_write(args.out, write_npy, needed_bytes=array.nbytes + 4096)
     else:
         save_grid(images, args.out)
     print(f"wrote {args.num_samples} samples to {args.out}")
@@ -470,6 +334,12 @@ def _sample(args: argparse.Namespace) -> int:
 def _requested_labels(args: argparse.Namespace) -> list[int] | None:
     """The class of each sample from --label or --labels (repeated to --num-samples), or None; fills --num-samples."""
     if args.labels is not None:
+        if args.num_samples is not None and len(args.labels) > args.num_samples:
+            raise DDPMError(
+                f"--labels lists {len(args.labels)} classes but --num-samples is {args.num_samples}, so "
+                f"{len(args.labels) - args.num_samples} of them would never be drawn. Pass --num-samples "
+                f"{len(args.labels)} (or more; the list repeats), or shorten --labels."
+            )
         args.num_samples = args.num_samples or len(args.labels)
         return [args.labels[i % len(args.labels)] for i in range(args.num_samples)]
     args.num_samples = args.num_samples or 32
@@ -478,41 +348,30 @@ def _requested_labels(args: argparse.Namespace) -> list[int] | None:
     return None
 
 
-def _check_conditioning(args: argparse.Namespace, loaded) -> None:
-    """Refuse labels for an unconditional checkpoint, a conditional one without labels, and unknown classes."""
-    num_classes = loaded.model.config.num_classes
-    asked = args.label is not None or args.labels is not None
-    if num_classes is None and (asked or args.guidance is not None):
-        flags = ", ".join(f for f, v in (("--label", args.label), ("--labels", args.labels),
-                                         ("--guidance", args.guidance)) if v is not None)
-        raise DDPMError(
-            f"The checkpoint {loaded.path} is an unconditional model (trained without labels), so {flags} cannot "
-            f"apply: it draws whatever digit its noise leads to. Drop {flags}, or pass a checkpoint trained with "
-            f"`python -m ddpm_core train --conditional`."
-        )
-    if num_classes is not None and not asked:
-        raise DDPMError(
-            f"The checkpoint {loaded.path} is a conditional model: say which digit to draw with --label 7 (every "
-            f"sample) or --labels 0,1,2 (one per sample, repeated), and optionally --guidance W (default 1). For "
-            f"unconditional samples from it, add --guidance 0."
-        )
-    requested = args.labels if args.labels is not None else (args.label,)
-    if num_classes is not None and asked and max(requested) >= num_classes:
-        raise DDPMError(
-            f"--label{'s' if args.labels is not None else ''} asks for class {max(requested)}, but the checkpoint "
-            f"{loaded.path} knows the classes 0..{num_classes - 1}. Pass labels in that range."
-        )
+def _check_conditioning(args: argparse.Namespace, loaded, labels: list[int] | None) -> list[int] | None:
+    """The labels to sample with, by the rules of ``ddpm_core.conditioning``, in the command line's words."""
+    from ddpm_core.conditioning import COMMAND_LINE, sampling_labels
+
+    resolved = sampling_labels(loaded.model.config.num_classes, labels, args.guidance, args.num_samples,
+                               COMMAND_LINE, source=f"The checkpoint {loaded.path}")
+    return resolved.tolist() if resolved is not None else None
 
 
 def _interrupted(args: argparse.Namespace, argv: list[str]) -> str:
     """The one line printed on Ctrl-C: what is on disk and how to go on."""
     if args.command == "train":
-        from ddpm_core.training import saved_epoch
+        from ddpm_core.run_folder import RunFolder
 
-        epoch = saved_epoch(args.out)
+        folder = RunFolder(args.out)
+        epoch = folder.saved_epoch()
         if epoch is None:
+            leftovers = folder.run_files()  # a first checkpoint cut short, if anything
+            if leftovers:
+                return (f"interrupted before the first epoch was saved: {args.out} holds "
+                        f"{folder.describe(leftovers)} but nothing to continue from; move those out of it, then "
+                        f"start again with `{_resume_command(argv, resume=False)}`")
             return (f"interrupted before the first epoch was saved: nothing was saved in {args.out}; "
-                    f"start again with `{shlex.join(['python', '-m', 'ddpm_core', *argv])}`")
+                    f"start again with `{_resume_command(argv, resume=False)}`")
         return (f"interrupted: epoch {epoch} of {args.epochs} is saved in {args.out}; "
                 f"continue with `{_resume_command(argv)}`")
     if args.command == "sample":
@@ -533,24 +392,185 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+_EXIT_TERMINATED = 143  # 128 + SIGTERM, what torchrun and a shell report for a process ended by SIGTERM
+_QUIET_GRACE_S = 10.0  # how long a process other than rank 0 waits, after a refusal, for torchrun to end it
+
+
+class _Terminated(BaseException):
+    """Raised in rank 0 by the SIGTERM with which torchrun ends a launch once one of its processes has ended.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way takes it for a failure.
+    """
+
+
+class _Torchrun:
+    """How a process that torchrun started ends: rank 0 reports for every process, the others stay silent.
+
+    torchrun runs the same command in every process and shows what each prints, so a refusal that all of them
+    meet would be printed once per process, and torchrun's SIGTERM to the survivors of a failed process would
+    end them without a word. Here rank 0 prints one message, and every other process ends with its status
+    silently.
+    """
+
+    def __init__(self, ranks) -> None:
+        self.ranks = ranks
+        self.status: int | None = None  # decided and reported: a SIGTERM now only ends the process with it
+        self._previous: object = None
+
+    def watch(self) -> None:
+        """From here on, torchrun's SIGTERM raises ``_Terminated`` in rank 0 and ends the other processes."""
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # Python takes signals in its main thread only
+            previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous = self._previous or previous
+
+    def close(self) -> None:
+        """Give SIGTERM back, unless a report was made: then a late SIGTERM still ends the process silently."""
+        import signal
+
+        if self._previous is not None and self.status is None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        import signal
+
+        if self.status is not None or not self.ranks.main:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Nothing to clean up: only rank 0 writes, and it has made its report.
+            os._exit(_EXIT_TERMINATED if self.status is None else self.status)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one report; torchrun sends SIGKILL if it never comes
+        raise _Terminated
+
+    def report(self, status: int, message: str, wait: bool = True) -> int:
+        """Rank 0 prints ``message``; another process leaves it to rank 0 (see ``quiet``)."""
+        if self.ranks.main:
+            self.status = status  # first: a SIGTERM from here on waits for the line, then ends with this status
+            print(message, file=sys.stderr, flush=True)
+            return status
+        return self.quiet(status, message if wait else "")
+
+    def quiet(self, status: int, message: str) -> int:
+        """End a process other than rank 0 with ``status``, silently when rank 0 reports the same refusal.
+
+        Every process checks the same command, so rank 0 refuses it too, and torchrun then ends this one with
+        SIGTERM. Leaving at once instead could let torchrun end rank 0 before it has printed its message; if
+        rank 0 goes on (a refusal of this process alone), ``message`` is printed after the grace period.
+        """
+        self.status = status
+        self.watch()
+        if status and message:
+            import time
+
+            time.sleep(_QUIET_GRACE_S)
+            print(f"process {self.ranks.rank} of {self.ranks.world_size}: {message}", file=sys.stderr, flush=True)
+        return status
+
+    def parse(self, parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | None:
+        """``parser.parse_args`` in silence outside rank 0; None, with ``status`` set, when it ends the process."""
+        import contextlib
+        import io
+
+        if self.ranks.main:
+            return parser.parse_args(argv)
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                return parser.parse_args(argv)
+        except SystemExit as exit_:  # argparse's error or --help, which rank 0 prints
+            code = exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+            self.quiet(code, err.getvalue().strip())
+            return None
+
+
+def _torchrun_ranks():
+    """This process's ranks when torchrun started it for a parallel run, else None."""
+    from ddpm_core import distributed
+
+    try:
+        ranks = distributed.ranks_from_env()
+    except DDPMError:  # refused up front by ``train``, in every process
+        return None
+    return ranks if ranks.torchrun and ranks.distributed else None
+
+
+def _check_launch() -> None:
+    """Refuse an unusable parallel launch (RANK, WORLD_SIZE, MASTER_ADDR, ...) before anything is read or written."""
+    from ddpm_core import distributed
+
+    ranks = distributed.ranks_from_env()
+    if ranks.distributed:
+        ranks.rendezvous()
+
+
+def _stopped_by_torchrun(args: argparse.Namespace, argv: list[str], ranks) -> str:
+    """Rank 0's line when torchrun ends it: which process ended, if known, what is saved and how to go on."""
+    from ddpm_core import distributed
+    from ddpm_core.training import saved_epoch
+
+    lost = distributed.stopped_peers()
+    if lost:
+        names = " and ".join(str(rank) for rank in lost)
+        cause = (f"process{'es' if len(lost) > 1 else ''} {names} of {ranks.world_size} ended, so torchrun stopped "
+                 f"this one too (its report below says how {'they' if len(lost) > 1 else 'it'} ended)")
+    else:
+        cause = ("torchrun stopped this process (SIGTERM), as it does when another process of the run has ended or "
+                 "when torchrun itself is stopped; its report below names the process that failed")
+    epoch = saved_epoch(args.out)
+    options = [*argv, "--resume"] if epoch is not None and "--resume" not in argv else argv
+    nodes = ranks.world_size // ranks.local_world_size
+    launcher = ["torchrun", "--nproc-per-node", str(ranks.local_world_size)]
+    command = shlex.join([*launcher, *(["--nnodes", str(nodes)] if nodes > 1 else []), "-m", "ddpm_core", *options])
+    where = " on every machine, with the rendezvous options used before" if nodes > 1 else ""
+    if epoch is None:
+        return (f"stopped: {cause}. No epoch had finished, so nothing was saved in {args.out}; start again with "
+                f"`{command}`{where}.")
+    return (f"stopped: {cause}. The last checkpoint in {args.out} (epoch {epoch} of {args.epochs}) is intact; "
+            f"continue with `{command}`{where}.")
+
+
+def _run(args: argparse.Namespace, argv: list[str], torchrun: _Torchrun | None) -> int:
+    def report(status: int, message: str, wait: bool = True) -> int:
+        if torchrun is None:
+            print(message, file=sys.stderr)
+            return status
+        return torchrun.report(status, message, wait)
+
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            if args.command == "train":
-                return _train(args, argv)
-            if args.command == "evaluate":
-                return _evaluate(args)
-            if args.command == "export":
-                return _export(args)
-            return _sample(args)
-        except DDPMError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return error.exit_code
-        except KeyboardInterrupt:
+            try:
+                if args.command == "train":
+                    if torchrun is not None:
+                        torchrun.watch()
+                    _check_launch()
+                    return _train(args, argv)
+                if args.command == "evaluate":
+                    return _evaluate(args)
+                if args.command == "export":
+                    return _export(args)
+                return _sample(args)
+            except DDPMError as error:
+                return report(error.exit_code, f"error: {error}")
+            except KeyboardInterrupt:  # Ctrl-C reaches every process: none need wait for rank 0
+                _close_progress_bars()
+                return report(EXIT_INTERRUPTED, _interrupted(args, argv), wait=False)
+        except _Terminated:  # only in rank 0 under torchrun, see _Torchrun
             _close_progress_bars()
-            print(_interrupted(args, argv), file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return report(_EXIT_TERMINATED, _stopped_by_torchrun(args, argv, torchrun.ranks))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    ranks = _torchrun_ranks()
+    if ranks is None:
+        return _run(parser.parse_args(argv), argv, None)
+    torchrun = _Torchrun(ranks)
+    try:
+        args = torchrun.parse(parser, argv)
+        return torchrun.status if args is None else _run(args, argv, torchrun)  # type: ignore[return-value]
+    finally:
+        torchrun.close()

@@ -8,7 +8,8 @@ holds the holder's process id, which a refused run reports.
 
 Taking the lock is also the first write into the folder, so an output path
 that is a file, or a folder that cannot be written, is reported before any
-data is loaded or any step is trained.
+data is loaded or any step is trained. The lock removes nothing: the
+training loop clears its own temporary files once it has accepted the run.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ddpm_core import distributed
 from ddpm_core.errors import DDPMError
+from ddpm_core.run_folder import LOCK_FILE as LOCK_FILE  # the lock's name, kept here for older code
+from ddpm_core.run_folder import RunFolder
 
-LOCK_FILE = ".lock"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -47,7 +50,7 @@ class RunLock:
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = Path(out_dir)
-        self.path = self.out_dir / LOCK_FILE
+        self.path = RunFolder(self.out_dir).lock
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
@@ -87,30 +90,14 @@ class RunLock:
         self.release()
 
 
-def remove_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Delete the hidden ``.NAME.*.tmp`` files a write killed mid-way left in ``out_dir`` and ``epochs/``.
-
-    Only safe under the run lock: then no other process is writing into the folder.
-    """
-    removed = []
-    for folder in (out_dir, out_dir / "epochs"):
-        if folder.is_dir():
-            for leftover in folder.glob(".*.tmp"):
-                if leftover.is_file():
-                    leftover.unlink()
-                    removed.append(leftover)
-    return removed
-
-
 def holds_run_lock(function: F) -> F:
-    """Run ``function(out_dir, ...)`` holding the lock on ``out_dir``, after removing stale temporary files."""
+    """Run ``function(out_dir, ...)`` holding the lock on ``out_dir`` (under torchrun, rank 0 holds it for all)."""
 
     @functools.wraps(function)
     def locked(out_dir: str | Path, *args: Any, **kwargs: Any) -> Any:
-        if int(os.environ.get("RANK", "0") or 0) > 0:  # under torchrun, rank 0 holds the lock for all
+        if not distributed.ranks_from_env().main:
             return function(out_dir, *args, **kwargs)
         with RunLock(out_dir):
-            remove_stale_temporaries(Path(out_dir))
             return function(out_dir, *args, **kwargs)
 
     return locked  # type: ignore[return-value]

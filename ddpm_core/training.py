@@ -24,7 +24,7 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -39,12 +39,13 @@ from ddpm_core.device import device_description, keep_freed_memory, resolve_devi
 from ddpm_core.errors import DDPMError
 from ddpm_core.files import library_versions
 from ddpm_core.lock import holds_run_lock
+from ddpm_core.run_folder import EPOCHS_DIR as EPOCHS_DIR  # the names of a run's files, kept here for older code
+from ddpm_core.run_folder import RESUME_FILE as RESUME_FILE
+from ddpm_core.run_folder import WEIGHTS_FILE as WEIGHTS_FILE
+from ddpm_core.run_folder import RunFolder
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.unet import UNet, UNetConfig
 
-WEIGHTS_FILE = "model.safetensors"
-RESUME_FILE = "resume.pt"
-EPOCHS_DIR = "epochs"
 LR_DECAYS = ("constant", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 # What a stored run without these settings did: the training loop before they were added.
@@ -328,13 +329,13 @@ def train(
         return _train(out_dir, config, model_config, resume, device, images, progress, labels, noise_shards, ranks)
     except Exception as error:
         if ranks.distributed and distributed.lost_peer(error):
-            epoch = saved_epoch(out_dir)
+            epoch = RunFolder(out_dir).saved_epoch()
             kept = f"its last checkpoint (epoch {epoch})" if epoch else "no checkpoint yet"
             raise DDPMError(
                 f"Process {ranks.rank} of {ranks.world_size} lost contact with the others: another process stopped "
                 f"or hung ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). {out_dir} "
                 f"holds {kept}, intact; find the failed process in torchrun's report above, then start the same "
-                f"command again with --resume."
+                f"command again{' with --resume' if epoch else ' (without --resume: there is nothing to resume)'}."
             ) from None
         raise
     finally:
@@ -342,12 +343,53 @@ def train(
             distributed.stop()
 
 
-def saved_epoch(out_dir: Path) -> int | None:
+def saved_epoch(out_dir: str | Path) -> int | None:
     """The epoch that ``resume=True`` would continue from in ``out_dir``, or None if there is none."""
-    try:
-        return int(load_resume_state(out_dir / RESUME_FILE)["epoch"])
-    except (OSError, DDPMError):
-        return None
+    return RunFolder(out_dir).saved_epoch()
+
+
+def _check_run_folder(folder: RunFolder, resume: bool) -> None:
+    """Refuse, before anything is loaded, a folder whose files this run would overwrite or mix with its own.
+
+    A new run starts only in a folder without any run's files; a resumed run only where ``resume.pt``
+    is a regular file (a pipe or a folder of that name is never opened).
+    """
+    present = folder.run_files()
+    if folder.resumable():
+        if not resume:
+            epoch = folder.saved_epoch()
+            saved = f"{epoch} epoch{'s' if epoch != 1 else ''} saved: " if epoch is not None else ""
+            raise DDPMError(
+                f"{folder.path} already holds a training run. Pass --resume (resume=True) to continue it "
+                f"({saved}{folder.describe(present)}), or choose another --out folder; nothing was overwritten."
+            )
+        # What a checkpoint replaces must be a file (or a link, which is replaced itself), and epochs/ a folder.
+        blocking = [p for p in (folder.weights,) if p.exists() and not p.is_file()]
+        blocking += [folder.epochs] if folder.epochs.exists() and not folder.epochs.is_dir() else []
+        if blocking:
+            names = ", ".join(str(p) for p in blocking)
+            raise DDPMError(
+                f"The run in {folder.path} cannot save its checkpoints: {names} should be "
+                f"{'a file' if blocking[0] == folder.weights else 'a folder'} but is something else. Move it out of "
+                f"{folder.path}, then resume again; nothing was changed."
+            )
+        return
+    if present:
+        checkpoint = folder.sampling_checkpoint()
+        weights = (f" Its weights stay usable for sampling: pass --checkpoint {checkpoint} to "
+                   f"`python -m ddpm_core sample`." if checkpoint is not None else "")
+        raise DDPMError(
+            f"{folder.path} holds files of an earlier training run ({folder.describe(present)}), but "
+            f"{folder.resume_problem()}, so that run cannot be continued{' with --resume' if resume else ''}: "
+            f"{RESUME_FILE} holds the optimiser and random-number states that continuing needs.{weights} Start a "
+            f"new run in another --out folder, or move those files out of {folder.path} to start one there; "
+            f"nothing was overwritten."
+        )
+    if resume:
+        raise DDPMError(
+            f"Nothing to resume in {folder.path}: {folder.resume_problem()}, and no other file of a training run is "
+            f"there. Drop --resume (resume=False) to start a new run there."
+        )
 
 
 def _train(
@@ -364,16 +406,10 @@ def _train(
 ) -> TrainResult:
     if device.type == "cpu":
         keep_freed_memory()  # no page fault per freed activation; see ddpm_core.device
-    weights_path, resume_path = out_dir / WEIGHTS_FILE, out_dir / RESUME_FILE
-    if not resume and (weights_path.exists() or resume_path.exists()):
-        raise DDPMError(
-            f"{out_dir} already holds a training run. Pass --resume (resume=True) to continue it, or "
-            f"choose another --out folder; nothing was overwritten."
-        )
-    if resume and not resume_path.is_file():
-        raise DDPMError(
-            f"Nothing to resume in {out_dir}: {RESUME_FILE} is missing. Drop --resume to start a new run there."
-        )
+    folder = RunFolder(out_dir)
+    _check_run_folder(folder, resume)
+    if ranks.main:  # the folder is accepted: what a killed write of the package left here can go (nothing else)
+        folder.remove_own_temporaries()
 
     conditional = model_config.num_classes is not None
     if images is None:
@@ -381,6 +417,11 @@ def _train(
     elif config.subset is not None:
         images = images[: config.subset]
         labels = labels[: config.subset] if labels is not None else None
+    if config.subset is not None and images.shape[0] < config.subset:
+        raise DDPMError(
+            f"--subset {config.subset:,} asks for more images than the training set has: it holds "
+            f"{images.shape[0]:,}. Pass --subset {images.shape[0]} or less, or drop --subset to train on all of them."
+        )
     if conditional:
         _check_labels(labels, images, model_config.num_classes)
     else:
@@ -391,7 +432,7 @@ def _train(
     torch.manual_seed(config.seed)  # the initial weights, the same in every process
     model = UNet(model_config).to(device=device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    state = load_resume_state(resume_path) if resume else None
+    state = load_resume_state(folder.resume) if resume else None
     noise_shards = int(state.get("noise_shards", 1)) if state is not None else noise_shards or ranks.world_size
     shards = distributed.owned_shards(ranks, noise_shards)
     # Every t and eps of the run: one generator per noise shard this process draws (one, alone).
@@ -404,11 +445,9 @@ def _train(
     start_epoch = 0
 
     if state is not None:
-        if UNetConfig.from_dict(state["model_config"]) != model_config:
-            raise DDPMError(
-                f"The run in {out_dir} used the architecture {state['model_config']}, not {model_config.to_dict()}. "
-                f"Resume with the same model settings, or start a new run in another folder."
-            )
+        saved_architecture = UNetConfig.from_dict(state["model_config"])
+        if saved_architecture != model_config:
+            raise _architecture_mismatch(out_dir, saved_architecture, model_config)
         planned = state["train_config"].get("epochs")
         if config.lr_decay == "cosine" and planned != config.epochs:
             raise DDPMError(
@@ -416,6 +455,14 @@ def _train(
                 f"resumes only with --epochs {planned}. With --epochs {config.epochs} the rate would jump back up "
                 f"from where the old plan left it. Resume with --epochs {planned}, or start a new run with "
                 f"--epochs {config.epochs} so that the decay spans all of them."
+            )
+        done = int(state["epoch"])
+        if config.epochs < done:
+            raise DDPMError(
+                f"The run in {out_dir} already has {done} epochs, and --epochs {config.epochs} asks for fewer. "
+                f"--epochs counts all of a run's epochs, the saved ones included, so it must be at least {done}: "
+                f"pass --epochs {done + 1} or more with --resume to train it further. Its weights after epoch {done} "
+                f"are in {folder.weights}; nothing was changed."
             )
         saved = {k: v for k, v in {**LEGACY_TRAIN_DEFAULTS, **state["train_config"]}.items() if k != "epochs"}
         asked = {k: v for k, v in asdict(config).items() if k != "epochs"}
@@ -440,6 +487,7 @@ def _train(
             return result
 
     n = images.shape[0]
+    _check_memory(model, schedule, config, device, images, ranks, resume, out_dir)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     stepped = model  # what the training step calls: DDP averages the gradients of all processes
@@ -485,7 +533,16 @@ def _train(
         result.loss_history.append(total / seen)
         result.wall_time_s += time.perf_counter() - started
         if ranks.main:
-            _save_epoch(out_dir, epoch, model, ema_state, optimizer, generator_states, config, result)
+            try:
+                _save_epoch(folder, epoch, model, ema_state, optimizer, generator_states, config, result)
+            except BaseException:
+                if not resume and epoch == 1 and not folder.resume.exists():
+                    # The folder held no run's files when this one started, so what the unfinished first checkpoint
+                    # wrote is this run's own: remove it, so the folder is as it was and the same command works again.
+                    for path in (folder.epoch_file(1), folder.weights):
+                        if path.is_file() and not path.is_symlink():
+                            path.unlink()
+                raise
         if ranks.distributed:
             distributed.barrier()  # no process runs ahead of the checkpoint
         if progress:
@@ -511,8 +568,179 @@ def _check_labels(labels: Tensor | None, images: Tensor, num_classes: int) -> No
         )
 
 
-def _save_epoch(
+# The command-line flag of each architecture field that has one (see cli.py).
+_ARCHITECTURE_FLAGS = {"channels": "--channels", "time_embed_dim": "--time-embed-dim", "attention": "--attention",
+                       "downsample": "--downsample"}
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
+def _architecture_mismatch(out_dir: Path, saved: UNetConfig, asked: UNetConfig) -> DDPMError:
+    """The architecture a resumed run was asked for differs from its own: each difference, and how to match it."""
+    differences = []
+    conditionality_differs = (saved.num_classes is None) != (asked.num_classes is None)
+    if conditionality_differs and saved.num_classes is not None:
+        differences.append(f"it is a conditional network ({saved.num_classes} classes): add --conditional")
+    elif conditionality_differs:
+        differences.append("it is an unconditional network: drop --conditional")
+    for name in (f.name for f in fields(UNetConfig)):
+        old, new = getattr(saved, name), getattr(asked, name)
+        if old == new or (name == "num_classes" and conditionality_differs):
+            continue
+        if name in _ARCHITECTURE_FLAGS:
+            how = f"pass {_ARCHITECTURE_FLAGS[name]} {_shown(old)}"
+        elif name == "zero_init":
+            how = "pass --zero-init" if old else "pass --no-zero-init"
+        else:  # no flag: only Python's UNetConfig sets it
+            how = f"use UNetConfig({name}={old!r})"
+        differences.append(f"{name} {_shown(old)} in the run, {_shown(new)} asked: {how}")
+    return DDPMError(
+        f"The run in {out_dir} cannot be resumed with another architecture: {'; '.join(differences)}. Resume it "
+        f"with its own model settings, or start a new run in another --out folder to train the new architecture."
+    )
+
+
+# A training step's peak memory over what autograd saves for its backward pass: the gradients flowing back
+# through the network, the convolutions' workspace and the allocator's rounding. Measured on the CPU (peak
+# resident memory of one step, the book's networks, batches of 256 to 4096): 1.05 to 1.4 times the saved
+# activations in fp32, and 1.65 to 2.0 times under bf16 autocast, whose backward pass works in fp32.
+MEMORY_MARGIN = {"fp32": 1.5, "bf16": 2.5}
+MEMORY_OVERHEAD = 256 * 2**20  # libraries' own buffers and the batch's inputs: a fixed allowance
+
+
+def activation_bytes_per_image(
+    model: UNet, schedule: NoiseSchedule, config: TrainConfig, image_shape: tuple[int, ...]
+) -> int:
+    """The bytes that one more image adds to what a training step keeps for its backward pass.
+
+    Runs the real network's forward pass and loss on one and on two blank images, with the run's
+    memory format and precision, and counts the storage of every tensor autograd saves
+    (``saved_tensors_hooks``); the difference leaves out what does not grow with the batch, such as
+    the weights. Draws nothing from any random generator, so a run's results do not change.
+    """
+    device = next(model.parameters()).device
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.precision == "bf16"
+                else contextlib.nullcontext())
+
+    def saved_bytes(batch: int) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(tensor: Tensor) -> Tensor:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+            return tensor
+
+        x0 = torch.zeros(batch, *image_shape, device=device).contiguous(memory_format=memory_format)
+        t = torch.full((batch,), schedule.num_steps, device=device)
+        labels = torch.zeros(batch, dtype=torch.long, device=device) if model.config.num_classes else None
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
+            loss = per_sample_loss(model, schedule, x0, t, x0, labels).float().mean()
+        del loss  # frees the graph and what it saved
+        return sum(storages.values())
+
+    return max(0, saved_bytes(2) - saved_bytes(1))
+
+
+def available_memory(device: torch.device) -> int | None:
+    """The bytes a training step on ``device`` can still allocate, or None where that cannot be read (MPS)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        # What this process's caching allocator holds but does not use is free to it as well.
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields_kb = {line.split(":")[0]: int(line.split()[1]) for line in meminfo if line.count(":") == 1}
+        available = fields_kb["MemAvailable"] * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    headroom = _cgroup_headroom()  # a container's memory limit can be far below the machine's free memory
+    return available if headroom is None else min(available, headroom)
+
+
+def _cgroup_headroom() -> int | None:
+    """How far this container's memory use is below its limit (cgroup v2, then v1); None without a limit."""
+    for limit_file, usage_file, stat_file, cache_key in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat",
+         "inactive_file"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+         "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file"),
+    ):
+        try:
+            with open(limit_file) as f:
+                limit_text = f.read().strip()
+            if limit_text == "max" or int(limit_text) >= 2**60:  # no limit
+                return None
+            with open(usage_file) as f:
+                usage = int(f.read())
+            with open(stat_file) as f:  # the page cache it could drop counts as free
+                cache = next((int(line.split()[1]) for line in f if line.split()[0] == cache_key), 0)
+        except (OSError, ValueError, IndexError):
+            continue
+        return max(0, int(limit_text) - (usage - cache))
+    return None
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def _check_memory(
+    model: UNet,
+    schedule: NoiseSchedule,
+    config: TrainConfig,
+    device: torch.device,
+    images: Tensor,
+    ranks: distributed.Ranks,
+    resume: bool,
     out_dir: Path,
+) -> None:
+    """Refuse, before the first step, a batch whose training step would not fit in the device's free memory."""
+    available = available_memory(device)
+    if available is None:
+        return
+    n = images.shape[0]
+    local_batch = math.ceil(min(config.batch_size, n) / ranks.world_size)
+    saved = activation_bytes_per_image(model, schedule, config, tuple(images.shape[1:]))
+    per_image = MEMORY_MARGIN[config.precision] * saved
+    # The gradients and Adam's two moments, which the first step allocates, beside the weights already there.
+    fixed = MEMORY_OVERHEAD + 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    sharing = ranks.world_size if device.type == "cpu" else 1  # processes on one machine share its memory
+    needed = sharing * (fixed + per_image * local_batch)
+    if needed <= available:
+        return
+    where = "this machine's memory" if device.type == "cpu" else f"{device} ({device_description(device)})"
+    per_process = int((available / sharing - fixed) // per_image) if per_image else 0
+    fits = per_process * ranks.world_size  # the largest global batch that fits
+    if fits >= ranks.world_size:
+        power = 2 ** int(math.log2(fits))
+        fits = power if power % ranks.world_size == 0 else fits // ranks.world_size * ranks.world_size
+    message = (
+        f"A training step with --batch-size {config.batch_size} needs about {_size(needed)} of memory "
+        f"(about {_size(per_image)} per image), but only {_size(available)} of {where} are free. "
+    )
+    if fits < ranks.world_size:
+        advice = ("Not even one image per step fits: free memory (close other programs), or train a smaller network "
+                  "(--channels).")
+    elif resume:
+        advice = (f"A resumed run keeps the batch size it was started with: free memory (close other programs) and "
+                  f"resume again, or start a new run in another --out folder with --batch-size {fits} or less, "
+                  f"which fits.")
+    else:
+        advice = f"Pass --batch-size {fits} or less, which fits."
+    raise DDPMError(f"{message}{advice} Nothing was trained or saved in {out_dir}.")
+
+
+def _save_epoch(
+    folder: RunFolder,
     epoch: int,
     model: UNet,
     ema_state: dict[str, Tensor] | None,
@@ -532,8 +760,8 @@ def _save_epoch(
         "versions": library_versions(),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    save_weights(out_dir / EPOCHS_DIR / f"epoch_{epoch:03d}.safetensors", model, metadata, ema_state)
-    save_weights(out_dir / WEIGHTS_FILE, model, metadata, ema_state)
+    save_weights(folder.epoch_file(epoch), model, metadata, ema_state)
+    save_weights(folder.weights, model, metadata, ema_state)
     # The resume state carries the weights too, so it is consistent on its own
     # even if a crash falls between the two writes.
     state = {
@@ -550,4 +778,4 @@ def _save_epoch(
         "model_config": model.config.to_dict(),
         "train_config": asdict(config),
     }
-    save_resume_state(out_dir / RESUME_FILE, state)
+    save_resume_state(folder.resume, state)

@@ -1,0 +1,334 @@
+"""`python -m ddpm_core train` and its run folder: it never destroys a file it did not make, and every piece of
+advice it gives about the folder works when followed (the tests run the commands the messages recommend).
+
+Each test runs the tiny network on 256 MNIST images, so an epoch takes a second or two.
+"""
+
+import errno
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+import ddpm_core.checkpoint
+import ddpm_core.training
+from ddpm_core.cli import _interrupted, main
+from ddpm_core.run_folder import RunFolder
+from ddpm_core.training import MEMORY_MARGIN, MEMORY_OVERHEAD, TrainConfig, activation_bytes_per_image
+from ddpm_core.unet import UNet, UNetConfig
+from tests.helpers import (
+    DDPM,
+    REPO,
+    TINY_FLAGS,
+    assert_clean_failure,
+    child_env,
+    digest,
+    folder_hashes,
+    needs_mnist,
+    run_cli,
+)
+
+pytestmark = needs_mnist
+FLAGS = ["--subset", "256", *TINY_FLAGS]
+
+
+def _train(out: Path, *extra: str) -> list[str]:
+    return ["train", "--out", str(out), *FLAGS, *extra]
+
+
+def _recommended(output: str) -> list[str]:
+    """The command a message recommends (the one between backticks), as arguments of ``main``."""
+    commands = re.findall(r"`(python -m ddpm_core train [^`]*)`", output)
+    assert len(commands) == 1, output
+    return shlex.split(commands[0])[3:]
+
+
+@pytest.fixture(scope="module")
+def three_epochs(tmp_path_factory) -> Path:
+    """A finished three-epoch run of the tiny network, made by the command line."""
+    folder = tmp_path_factory.mktemp("three_epochs") / "run"
+    assert main(_train(folder, "--epochs", "3")) == 0
+    return folder
+
+
+@pytest.fixture
+def run3(three_epochs, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(three_epochs, copy)
+    return copy
+
+
+# 1. Temporary files ----------------------------------------------------------------------------------------------
+
+
+def test_a_refused_run_deletes_no_temporary_file_not_even_its_own(run3, capsys):
+    (run3 / ".notes.tmp").write_text("a user's notes")
+    (run3 / ".ddpm_core-model.safetensors.k2j4.tmp").write_bytes(b"half a file")
+    (run3 / "epochs" / ".ddpm_core-epoch_004.safetensors.x8a.tmp").write_bytes(b"half a file")
+    before = folder_hashes(run3)
+    code, output = run_cli(_train(run3, "--epochs", "3"), capsys)
+    assert_clean_failure(code, output, 2, "already holds a training run", "Pass --resume", "nothing was overwritten")
+    assert folder_hashes(run3) == before
+
+
+def test_an_accepted_run_deletes_only_the_packages_own_temporaries(run3, capsys):
+    notes = run3 / ".notes.tmp"
+    notes.write_text("a user's notes")
+    own = [run3 / ".ddpm_core-resume.pt.k2j4.tmp", run3 / "epochs" / ".ddpm_core-epoch_004.safetensors.x8a.tmp"]
+    for path in own:
+        path.write_bytes(b"half a file")
+    kept = {name: value for name, value in folder_hashes(run3).items()
+            if name.startswith("epochs/epoch_") or name == ".notes.tmp"}
+    code, output = run_cli(_train(run3, "--epochs", "4", "--resume"), capsys)
+    assert code == 0, output
+    assert not any(path.exists() for path in own)
+    assert {name: folder_hashes(run3)[name] for name in kept} == kept
+
+
+def test_a_new_run_keeps_a_users_hidden_tmp_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".notes.tmp").write_text("a user's notes")
+    (out / "epochs").mkdir()  # a first checkpoint killed mid-write leaves only the package's own temporary
+    (out / "epochs" / ".ddpm_core-epoch_001.safetensors.x8a.tmp").write_bytes(b"half a file")
+    before = digest(out / ".notes.tmp")
+    code, output = run_cli(_train(out, "--epochs", "1"), capsys)
+    assert code == 0, output
+    assert digest(out / ".notes.tmp") == before
+    assert not (out / "epochs" / ".ddpm_core-epoch_001.safetensors.x8a.tmp").exists()
+
+
+# 2. Another run's files ------------------------------------------------------------------------------------------
+
+
+def test_a_new_run_refuses_a_folder_holding_another_runs_epochs(run3, tmp_path, capsys):
+    (run3 / "model.safetensors").rename(tmp_path / "moved.safetensors")
+    (run3 / "resume.pt").unlink()
+    before = folder_hashes(run3)
+    code, output = run_cli(_train(run3, "--epochs", "1"), capsys)
+    assert_clean_failure(code, output, 2, str(run3), "epochs/ (3 files)", "resume.pt is missing",
+                         "cannot be continued", "epoch_003.safetensors", "another --out folder",
+                         "move those files out", "nothing was overwritten")
+    assert folder_hashes(run3) == before
+    # Its advice, followed: with the old epochs moved away, the same command starts a new run there.
+    (run3 / "epochs").rename(tmp_path / "old_epochs")
+    code, output = run_cli(_train(run3, "--epochs", "1"), capsys)
+    assert code == 0, output
+    assert sorted(p.name for p in (run3 / "epochs").iterdir()) == ["epoch_001.safetensors"]
+
+
+# 3. Weights without resume.pt ------------------------------------------------------------------------------------
+
+
+def _break_resume(folder: Path, how: str) -> None:
+    (folder / "resume.pt").unlink()
+    if how == "folder":
+        (folder / "resume.pt").mkdir()
+    elif how == "fifo":
+        os.mkfifo(folder / "resume.pt")
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["new-run", "resume"])
+@pytest.mark.parametrize("how", ["missing", "folder", "fifo"])
+def test_weights_without_a_resume_state_get_the_same_true_answer_with_or_without_resume(how, resume, run_copy,
+                                                                                       tmp_path, capsys):
+    _break_resume(run_copy, how)
+    before = folder_hashes(run_copy)
+    argv = _train(run_copy, "--epochs", "2", *(["--resume"] if resume else []))
+    if how == "fifo":  # in a child with a deadline: a process that opened the pipe would wait for a writer forever
+        child = subprocess.run([*DDPM, *argv], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                               timeout=120)
+        code, output = child.returncode, child.stdout + child.stderr
+    else:
+        code, output = run_cli(argv, capsys)
+    problem = {"missing": "resume.pt is missing", "folder": "resume.pt is a folder",
+               "fifo": "resume.pt is not a regular file"}[how]
+    assert_clean_failure(code, output, 2, problem, "cannot be continued", "usable for sampling",
+                         f"--checkpoint {run_copy / 'model.safetensors'}", "another --out folder",
+                         "move those files out", "nothing was overwritten")
+    assert "Pass --resume" not in output and "Drop --resume" not in output
+    assert folder_hashes(run_copy) == before
+    if how == "missing" and not resume:  # the weights are indeed usable for sampling
+        code, output = run_cli(["sample", "--checkpoint", str(run_copy / "model.safetensors"), "--out",
+                                str(tmp_path / "g.png"), "--num-samples", "2", "--no-progress"], capsys)
+        assert code == 0, output
+
+
+def test_resume_into_a_folder_without_any_run_says_to_drop_resume_and_that_works(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, output = run_cli(_train(out, "--epochs", "1", "--resume"), capsys)
+    assert_clean_failure(code, output, 2, "Nothing to resume", "resume.pt is missing", "Drop --resume")
+    code, output = run_cli(_train(out, "--epochs", "1"), capsys)
+    assert code == 0, output
+
+
+# 4. Disk full and Ctrl-C: the recommended command works ----------------------------------------------------------
+
+
+def _disk_fills_after(monkeypatch, good_writes: int) -> None:
+    real = ddpm_core.checkpoint.save_file
+    calls = []
+
+    def save_file(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) <= good_writes:
+            return real(tensors, filename, metadata=metadata)
+        Path(filename).write_bytes(b"\0" * 1000)  # a part was written when the disk filled up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ddpm_core.checkpoint, "save_file", save_file)
+
+
+@pytest.mark.parametrize("good_writes", [0, 1], ids=["epoch-file", "model-file"])
+def test_a_full_disk_before_the_first_checkpoint_recommends_a_command_that_works(good_writes, tmp_path, capsys,
+                                                                                 monkeypatch):
+    out = tmp_path / "run"
+    _disk_fills_after(monkeypatch, good_writes)
+    code, output = run_cli(_train(out, "--epochs", "2"), capsys)
+    assert_clean_failure(code, output, 2, "disk is full", "nothing to continue", "start again with `")
+    command = _recommended(output)
+    assert "--resume" not in command
+    assert RunFolder(out).run_files() == []  # the unfinished first checkpoint was the run's own: removed
+    assert not list(out.rglob("*.tmp"))
+    monkeypatch.undo()
+    code, output = run_cli(command, capsys)
+    assert code == 0, output
+
+
+def test_a_full_disk_after_an_epoch_recommends_a_resume_that_works(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert run_cli(_train(out, "--epochs", "1"), capsys)[0] == 0
+    before = folder_hashes(out)
+    _disk_fills_after(monkeypatch, 0)
+    code, output = run_cli(_train(out, "--epochs", "2", "--resume"), capsys)
+    assert_clean_failure(code, output, 2, "disk is full", "(epoch 1) is intact", "continue with `")
+    assert folder_hashes(out) == before
+    command = _recommended(output)
+    assert command.count("--resume") == 1
+    monkeypatch.undo()
+    code, output = run_cli(command, capsys)
+    assert code == 0, output
+
+
+def test_ctrl_c_after_a_cut_short_first_checkpoint_says_to_move_its_files(tmp_path):
+    out = tmp_path / "run"
+    (out / "epochs").mkdir(parents=True)
+    (out / "epochs" / "epoch_001.safetensors").write_bytes(b"weights")  # killed before resume.pt was written
+    argv = _train(out, "--epochs", "2", "--resume")
+    message = _interrupted(Namespace(command="train", out=out, epochs=2), argv)
+    assert "epochs/ (1 file)" in message and "move those out of it" in message
+    assert "--resume" not in message  # nothing can be resumed: the advice starts again
+
+
+# 5. A subset larger than the data ------------------------------------------------------------------------------
+
+
+def test_a_subset_larger_than_the_training_set_is_refused_with_its_size(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, output = run_cli(["train", "--out", str(out), *TINY_FLAGS, "--subset", "100000", "--epochs", "1"], capsys)
+    assert_clean_failure(code, output, 2, "--subset 100,000", "60,000", "--subset 60000 or less", "drop --subset")
+    assert RunFolder(out).run_files() == []
+
+
+def test_the_subset_advice_works(tmp_path, capsys, monkeypatch):
+    real = ddpm_core.training.load_mnist
+
+    def small_mnist(train=True, subset=None):  # a training set of 300 images: the advice is cheap to follow
+        images, labels = real(train=train, subset=300)
+        return images[:subset], labels[:subset]
+
+    monkeypatch.setattr(ddpm_core.training, "load_mnist", small_mnist)
+    argv = ["train", "--out", str(tmp_path / "run"), *TINY_FLAGS, "--epochs", "1"]
+    code, output = run_cli([*argv, "--subset", "1000"], capsys)
+    assert_clean_failure(code, output, 2, "it holds 300", "--subset 300 or less")
+    code, output = run_cli([*argv, "--subset", "300"], capsys)
+    assert code == 0, output
+
+
+# 6. Fewer epochs than the run has ------------------------------------------------------------------------------
+
+
+def test_resuming_with_fewer_epochs_than_the_run_has_is_refused(run3, capsys):
+    before = folder_hashes(run3)
+    code, output = run_cli(_train(run3, "--epochs", "2", "--resume"), capsys)
+    assert_clean_failure(code, output, 2, "already has 3 epochs", "--epochs 2", "at least 3", "--epochs 4 or more")
+    assert "epoch 3/2" not in output and "trained" not in output
+    assert folder_hashes(run3) == before
+    code, output = run_cli(_train(run3, "--epochs", "4", "--resume"), capsys)
+    assert code == 0, output
+    assert "trained 4 epochs" in output
+
+
+# 7. Another architecture on --resume ---------------------------------------------------------------------------
+
+
+def test_a_conditional_run_resumed_without_conditional_says_add_conditional(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(_train(out, "--epochs", "1", "--conditional"), capsys)[0] == 0
+    before = folder_hashes(out)
+    code, output = run_cli(_train(out, "--epochs", "2", "--resume"), capsys)
+    assert_clean_failure(code, output, 2, f"The run in {out}", "conditional network (10 classes)",
+                         "add --conditional")
+    assert "{" not in output  # no raw configuration dictionaries
+    assert folder_hashes(out) == before
+    code, output = run_cli(_train(out, "--epochs", "2", "--resume", "--conditional"), capsys)
+    assert code == 0, output
+
+
+def test_an_unconditional_run_resumed_with_conditional_says_drop_it(run3, capsys):
+    code, output = run_cli(_train(run3, "--epochs", "4", "--resume", "--conditional"), capsys)
+    assert_clean_failure(code, output, 2, "unconditional network", "drop --conditional")
+    assert "{" not in output
+
+
+def test_other_architecture_fields_are_named_with_both_values_and_the_flag(run3, capsys):
+    code, output = run_cli([*_train(run3, "--epochs", "4", "--resume"), "--channels", "8,8,8", "--attention", "7"],
+                           capsys)
+    assert_clean_failure(code, output, 2, "channels 8,8,16 in the run, 8,8,8 asked: pass --channels 8,8,16",
+                         "attention none in the run, 7 asked: pass --attention none")
+    assert "{" not in output
+    code, output = run_cli([*_train(run3, "--epochs", "4", "--resume"), "--channels", "8,8,16", "--attention",
+                            "none"], capsys)
+    assert code == 0, output
+
+
+# 8. A batch that does not fit in memory ------------------------------------------------------------------------
+
+
+def _tiny_step_bytes(batch: int) -> int:
+    """What the check estimates for a step of the tiny network, as TINY_FLAGS configure it."""
+    config = TrainConfig()
+    model = UNet(UNetConfig(channels=(8, 8, 16), time_embed_dim=16)).to(memory_format=torch.channels_last)
+    per_image = MEMORY_MARGIN[config.precision] * activation_bytes_per_image(model, config.schedule(), config,
+                                                                             (1, 28, 28))
+    fixed = MEMORY_OVERHEAD + 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    return int(fixed + per_image * batch)
+
+
+def test_a_batch_that_does_not_fit_is_refused_with_a_batch_size_that_does(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ddpm_core.training, "available_memory", lambda device: _tiny_step_bytes(100))
+    out = tmp_path / "run"
+    code, output = run_cli([*_train(out, "--epochs", "1"), "--batch-size", "256"], capsys)
+    assert_clean_failure(code, output, 2, "--batch-size 256 needs about", "per image", "are free",
+                         "Pass --batch-size 64 or less")
+    assert RunFolder(out).run_files() == []
+    code, output = run_cli([*_train(out, "--epochs", "1"), "--batch-size", "64"], capsys)  # with the same memory
+    assert code == 0, output
+
+
+def test_a_batch_of_all_of_mnist_is_refused_before_any_allocation(tmp_path, capsys):
+    if (ddpm_core.training.available_memory(torch.device("cpu")) or 0) > 300e9:
+        pytest.skip("this machine has the memory a 60,000-image batch of the default network needs")
+    out = tmp_path / "run"
+    code, output = run_cli(["train", "--out", str(out), "--batch-size", "60000", "--epochs", "1", "--device", "cpu",
+                            "--no-progress"], capsys)
+    assert_clean_failure(code, output, 2, "--batch-size 60000 needs about", "GB of memory", "are free",
+                         "Pass --batch-size")
+    assert "alloc" not in output.lower()
+    assert RunFolder(out).run_files() == []
