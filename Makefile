@@ -96,8 +96,7 @@ train: $(STAMP)
 
 ## train-reference: the same budget with the reference run's recipe (Adam 2e-4, constant, uniform weights)
 train-reference: $(STAMP)
-	$(BIN)/python -m ddpm_core train --epochs 15 --out runs/reference-15ep --seed 0 --lr 2e-4 --warmup-steps 0 \
-		--lr-decay constant --grad-clip none --no-ema-warmup --loss-weighting uniform
+	$(BIN)/python -m ddpm_core train --recipe reference --epochs 15 --out runs/reference-15ep --seed 0
 
 ## train-conditional: the book's recipe as a class-conditional network for classifier-free guidance (chapter 9)
 train-conditional: $(STAMP)

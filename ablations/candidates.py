@@ -12,11 +12,15 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-REFERENCE: dict[str, Any] = {
-    "lr": 2e-4, "warmup_steps": 0, "lr_decay": "constant", "grad_clip": None, "ema_decay": 0.999,
-    "ema_warmup": False, "loss_weighting": "uniform", "min_snr_gamma": 5.0,
-    "channels": (32, 32, 48), "time_embed_dim": 64, "attention": (), "downsample": "maxpool", "zero_init": False,
-}
+from ddpm_core import recipe
+from ddpm_core.unet import UNetConfig
+
+TRAIN_KEYS = ("lr", "warmup_steps", "lr_decay", "grad_clip", "ema_decay", "ema_warmup", "loss_weighting",
+              "min_snr_gamma")
+MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init")
+# The reference recipe of ddpm_core.recipe with the book's network.
+REFERENCE: dict[str, Any] = {**{key: getattr(recipe.REFERENCE, key) for key in TRAIN_KEYS},
+                             **{key: getattr(UNetConfig(), key) for key in MODEL_KEYS}}
 # Warm-up, cosine decay, gradient clipping and an EMA that warms up: the usual care for a short run.
 TUNED = {**REFERENCE, "lr": 1e-3, "warmup_steps": 200, "lr_decay": "cosine", "grad_clip": 1.0, "ema_warmup": True}
 # Attention after the two 7x7 blocks (down and up), and the widths that keep the count at 324,705:

@@ -1,6 +1,7 @@
 """What each candidate recipe costs per training step, as a ratio to the reference recipe's step.
 
-A step is ``ddpm_core.training.train_step``, what ``train`` does per batch of 128 under the recipe:
+A step is ``ddpm_core.objective.train_step`` with the recipe's hooks attached, what ``train`` does per batch of
+128 under the recipe:
 the draw of t and eps, the network forward and backward, the recipe's loss weighting, gradient
 clipping, the Adam update and the EMA update. The recipes come from ``ablations/candidates.py``.
 Each round times every recipe in turn (the same process, alternating, so a slower moment of a
@@ -24,7 +25,8 @@ import torch
 from ablations.candidates import CANDIDATES
 from benchmarks._common import positive_int, print_table
 from ddpm_core.device import device_description, keep_freed_memory, resolve_device
-from ddpm_core.training import TrainConfig, train_step
+from ddpm_core.objective import train_step
+from ddpm_core.recipe import RecipeHooks, TrainConfig, timestep_weights
 from ddpm_core.unet import UNet, UNetConfig, count_parameters
 
 MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init", "num_classes")
@@ -32,7 +34,7 @@ CHOSEN = "tuned_minsnr_lr2e-3"  # the book's default recipe, also timed as a cla
 
 
 class RecipeStep:
-    """One ``ddpm_core.training.train_step`` of a recipe, on a fixed pool of random batches."""
+    """One ``ddpm_core.objective.train_step`` of a recipe, on a fixed pool of random batches."""
 
     def __init__(self, recipe: dict, device: torch.device, batch_size: int) -> None:
         torch.manual_seed(0)
@@ -44,6 +46,10 @@ class RecipeStep:
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.config = TrainConfig(**{k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__})
         self.schedule = self.config.schedule()
+        self.weights = timestep_weights(self.config, self.schedule)
+        # A step in the middle of a long run: past any warm-up, so every part of the recipe is active.
+        self.hooks = RecipeHooks(self.optimizer, self.model, self.config, total_steps=10_000, ema_state=self.ema,
+                                 step=1_000)
         self.generator = torch.Generator().manual_seed(0)
         self.pool = [torch.rand(batch_size, 1, 28, 28, generator=self.generator) * 2 - 1 for _ in range(4)]
         self.labels = (torch.randint(0, config.num_classes, (batch_size,), generator=self.generator)
@@ -52,9 +58,8 @@ class RecipeStep:
 
     def __call__(self) -> None:
         x0 = self.pool[self.calls % len(self.pool)]
-        # A step in the middle of a long run: past any warm-up, so every part of the recipe is active.
-        train_step(self.model, self.schedule, self.optimizer, x0, self.generator, self.config,
-                   step=1_000 + self.calls, total_steps=10_000, ema_state=self.ema, labels=self.labels)
+        train_step(self.model, self.schedule, self.optimizer, x0, self.generator, self.weights, self.labels,
+                   self.config.p_uncond)
         self.calls += 1
 
 

@@ -47,7 +47,7 @@ from benchmarks._common import positive_int, print_table
 from ddpm_core.device import device_description, keep_freed_memory, resolve_device
 from ddpm_core.errors import DDPMError
 from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.training import diffusion_loss
+from ddpm_core.objective import per_sample_loss
 from ddpm_core.unet import UNet, count_parameters
 
 LR = 2e-4  # as in TrainConfig
@@ -132,7 +132,7 @@ class TrainStep:
         x0, t, noise = self.batches[self.calls % POOL]
         self.calls += 1
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = diffusion_loss(self.model, self.schedule, x0, t, noise)
+            loss = per_sample_loss(self.model, self.schedule, x0, t, noise).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -153,7 +153,7 @@ def count_flops(model: nn.Module, schedule: NoiseSchedule, device: torch.device,
     t = torch.randint(1, schedule.num_steps + 1, (batch_size,), device=device)
     noise = torch.randn_like(x0)
     with FlopCounterMode(display=False) as counter:
-        loss = diffusion_loss(model, schedule, x0, t, noise)
+        loss = per_sample_loss(model, schedule, x0, t, noise).mean()
         forward = counter.get_total_flops()
         loss.backward()
     model.zero_grad(set_to_none=True)

@@ -30,10 +30,11 @@ from ddpm_core.checkpoint import LoadedModel, load_checkpoint, read_metadata
 from ddpm_core.data import load_mnist
 from ddpm_core.ddim import ddim_sample
 from ddpm_core.errors import DDPMError
+from ddpm_core.recipe import TrainConfig
 from ddpm_core.sampling import sample
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.seeds import Trajectory
-from ddpm_core.training import TrainConfig, TrainResult, train
+from ddpm_core.training import TrainResult, train
 from ddpm_core.unet import UNet, UNetConfig, count_parameters
 
 __all__ = [

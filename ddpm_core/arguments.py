@@ -202,3 +202,8 @@ def file_path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a file name, got an empty path")
     return Path(text)
+
+
+optional_decay = optional(decay)
+optional_positive_float = optional(positive_float)
+batch_size = bounded_int(1, 60_000, "a batch size", " (the 60,000 training images; a larger batch is the whole set)")

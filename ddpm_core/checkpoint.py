@@ -1,12 +1,10 @@
 """Saving and loading trained models.
 
-A checkpoint is a folder written by ``train``:
-
-    model.safetensors          weights after the last finished epoch (+ EMA weights under "ema.")
-    epochs/epoch_NNN.safetensors  the same, for every epoch, kept for the book's quality curves
-    resume.pt                  everything exact resumption needs: weights, EMA weights, optimiser
-                               and random-number states, loss history and the model and training configs
-    .lock                      held while a run trains into the folder (see ``lock.py``)
+A training run writes its files into a folder whose layout ``run_folder.py`` owns: the weights
+after the last epoch and after every epoch (``.safetensors``, with the EMA weights under "ema."),
+and ``resume.pt``, everything exact resumption needs (weights, EMA weights, optimiser and
+random-number states, loss history and the model and training configs). This module writes and
+reads those files.
 
 The safetensors metadata holds one JSON document (key ``ddpm_core``) with the
 model config, schedule, training settings, epoch, loss history, seed, wall
@@ -43,17 +41,12 @@ from safetensors.torch import safe_open, save_file
 from ddpm_core.errors import DDPMError, NonFiniteOutputError
 from ddpm_core.files import MAX_JSON_BYTES, atomic_write, parse_json
 from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.unet import LEGACY_DEFAULTS, UNet, UNetConfig
+from ddpm_core.unet import LEGACY_DEFAULTS, MAX_PARAMETERS, UNet, UNetConfig
 
 FORMAT = "ddpm_core/1"
 CLASSIFIER_FORMAT = "ddpm_core/classifier/1"
 EMA_PREFIX = "ema."
-# Far beyond any network that fits 28x28 digits, far below what would exhaust a machine's memory.
-MAX_WIDTH = 1024
-MAX_EMBED_DIM = 4096
-MAX_PARAMETERS = 50_000_000
-MAX_NUM_STEPS = 100_000
-MAX_CLASSES = 1000
+MAX_NUM_STEPS = 100_000  # far beyond any schedule a sampler would run
 RESUME_KEYS = ("epoch", "model", "optimizer", "generator", "torch_rng", "ema", "loss_history", "wall_time_s",
                "model_config", "train_config")
 # The safetensors format: an 8-byte little-endian header length, a JSON header, then the tensors' bytes.
@@ -398,29 +391,6 @@ _CONFIG_CHECKS = {
 }
 
 
-def check_model_config(config: UNetConfig) -> None:
-    """Refuse an architecture that cannot be built or is implausibly large for 28x28 digits (``ValueError``)."""
-    if not 1 <= config.image_channels <= 4:
-        raise ValueError(f"image_channels must lie in 1..4, got {config.image_channels}")
-    if not 1 <= len(config.channels) <= 3:
-        raise ValueError(f"channels needs 1 to 3 widths (for 28, 14 and 7 pixels), got {len(config.channels)}")
-    if not all(1 <= width <= MAX_WIDTH for width in config.channels):
-        raise ValueError(f"every width in channels must lie in 1..{MAX_WIDTH}, got {list(config.channels)}")
-    if not (2 <= config.time_freq_dim <= MAX_EMBED_DIM and config.time_freq_dim % 2 == 0):
-        raise ValueError(f"time_freq_dim must be even and lie in 2..{MAX_EMBED_DIM}, got {config.time_freq_dim}")
-    if not 1 <= config.time_embed_dim <= MAX_EMBED_DIM:
-        raise ValueError(f"time_embed_dim must lie in 1..{MAX_EMBED_DIM}, got {config.time_embed_dim}")
-    if config.num_groups < 1:
-        raise ValueError(f"num_groups must be positive, got {config.num_groups}")
-    if config.num_classes is not None and not 1 <= config.num_classes <= MAX_CLASSES:
-        raise ValueError(f"num_classes must lie in 1..{MAX_CLASSES} or be null, got {config.num_classes}")
-    config.validate()
-    with torch.device("meta"):  # shapes only: no memory is allocated
-        parameters = sum(p.numel() for p in UNet(config).parameters())
-    if parameters > MAX_PARAMETERS:
-        raise ValueError(f"that network has {parameters:,} parameters, more than the {MAX_PARAMETERS:,} allowed")
-
-
 def config_from_metadata(data: Any, path: Path) -> UNetConfig:
     """The ``UNetConfig`` stored in a checkpoint, after checking every key, type and size."""
     if not isinstance(data, dict):
@@ -437,7 +407,7 @@ def config_from_metadata(data: Any, path: Path) -> UNetConfig:
             raise _bad_metadata(path, f"model_config[{key!r}] must be {expected}, got {value!r}")
     config = UNetConfig.from_dict(data)
     try:
-        check_model_config(config)
+        config.validate(check_size=True)
     except ValueError as error:
         raise _bad_metadata(path, f"the architecture it names is refused: {error}") from None
     return config

@@ -10,6 +10,7 @@ work starts (numbers, output paths, the run lock) is checked first.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -23,99 +24,87 @@ from ddpm_core.files import check_output_file
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
 DDIM_STEPS, DDIM_ETA = 50, 0.0
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps (default auto)"
 
-# The flags that turn the default recipe into the reference run's (Adam 2e-4, constant, uniform weights).
-REFERENCE_FLAGS = (
-    "--lr 2e-4 --warmup-steps 0 --lr-decay constant --grad-clip none --no-ema-warmup --loss-weighting uniform"
-)
+def add_settings(parser: argparse.ArgumentParser, config_type: type, book_defaults: object) -> None:
+    """One flag per field of ``config_type`` that has a help text (``recipe.setting``), with its parser or choices
+    from the field; a bool becomes --flag/--no-flag. A flag not given leaves its field to ``--recipe``."""
+    for setting in dataclasses.fields(config_type):
+        meta = setting.metadata
+        if "help" not in meta:
+            continue
+        flag, default = "--" + setting.name.replace("_", "-"), getattr(book_defaults, setting.name)
+        shown = ",".join(map(str, default)) or "none" if isinstance(default, tuple) else default
+        shown = "none" if shown is None else shown
+        options: dict = {"default": argparse.SUPPRESS, "help": f"{meta['help']} (book: {shown})"}
+        if meta.get("choices"):
+            options["choices"] = meta["choices"]
+        elif setting.type in ("bool", bool):
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = getattr(arguments, meta["parse"])
+        parser.add_argument(flag, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ddpm_core.recipe import BOOK, RECIPES, TrainConfig
+    from ddpm_core.unet import UNetConfig
+
     parser = argparse.ArgumentParser(prog="python -m ddpm_core", description="Train and sample a DDPM on MNIST.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser(
         "train",
         help="train the UNet, with a checkpoint after every epoch",
-        description="Train the UNet on MNIST, with a checkpoint after every epoch. The defaults are the recipe "
-        f"chosen by the book's measured ablations (chapter 7). The reference run's recipe is {REFERENCE_FLAGS}.",
+        description="Train the UNet on MNIST, with a checkpoint after every epoch. --recipe book (the default) is "
+        "the recipe chosen by the book's measured ablations; --recipe reference is the reference run's (Adam at "
+        "2e-4, constant, no clipping, uniform weights: Algorithm 1 as the paper states it). Each flag below "
+        "changes one setting of the recipe.",
     )
-    from ddpm_core.training import TrainConfig
-    from ddpm_core.unet import UNetConfig
-
-    # The defaults are the book's recipe: TrainConfig() and UNetConfig().
-    tc, uc = TrainConfig(), UNetConfig()
-    train.add_argument("--epochs", type=arguments.positive_int, default=tc.epochs, help="total epochs (default %(default)s)")
-    train.add_argument("--batch-size", type=arguments.positive_int, default=tc.batch_size,
-                       help="images per step (default %(default)s)")
-    train.add_argument("--lr", type=arguments.positive_float, default=tc.lr,
-                       help="Adam learning rate; the peak rate with --warmup-steps (default %(default)s)")
-    train.add_argument("--out", type=arguments.folder, default=Path("runs/mnist"), help="output folder (default runs/mnist)")
+    train.add_argument("--recipe", choices=tuple(RECIPES), default="book",
+                       help="the settings every flag not given takes (default book)")
+    train.add_argument("--out", type=arguments.folder, default=Path("runs/mnist"),
+                       help="output folder (default runs/mnist)")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    train.add_argument("--seed", type=arguments.seed_int, default=tc.seed,
-                       help="seed for weights, data order and noise (default %(default)s)")
-    train.add_argument("--device", type=arguments.device_name, default="auto", help="auto, cpu, cuda or mps (default auto)")
-    train.add_argument("--subset", type=arguments.positive_int, default=None, help="train on the first N images only")
-    train.add_argument("--ema-decay", type=arguments.optional(arguments.decay), default=tc.ema_decay,
-                       help="decay of the weights' moving average, or none (default %(default)s)")
-    train.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=tc.ema_warmup,
-                       help="EMA decay min(decay, (1+n)/(10+n)) at step n (default %(default)s)")
-    train.add_argument("--warmup-steps", type=arguments.non_negative_int, default=tc.warmup_steps,
-                       help="linear learning-rate warm-up steps (default %(default)s)")
-    train.add_argument("--lr-decay", choices=("constant", "cosine"), default=tc.lr_decay,
-                       help="learning rate after the warm-up (default %(default)s)")
-    train.add_argument("--grad-clip", type=arguments.optional(arguments.positive_float), default=tc.grad_clip,
-                       help="clip the gradients' norm to this, or none (default %(default)s)")
-    train.add_argument("--loss-weighting", choices=("uniform", "min_snr"), default=tc.loss_weighting,
-                       help="uniform (L_simple) or min_snr (default %(default)s)")
-    train.add_argument("--min-snr-gamma", type=arguments.positive_float, default=tc.min_snr_gamma,
-                       help="gamma of min_snr (default %(default)s)")
-    train.add_argument("--precision", choices=("fp32", "bf16"), default=tc.precision,
-                       help="bf16: the network under bfloat16 autocast, the loss in fp32 (default fp32)")
-    train.add_argument("--channels", type=arguments.width_list, default=uc.channels,
-                       help="widths at 28, 14 and 7 pixels, e.g. 32,32,48 (default %(default)s)")
-    train.add_argument("--time-embed-dim", type=arguments.positive_int, default=uc.time_embed_dim,
-                       help="timestep embedding width (default %(default)s)")
-    train.add_argument("--attention", type=arguments.resolution_list, default=uc.attention,
-                       help="resolutions with self-attention, e.g. 7 or 7,14, or none (default %(default)s)")
-    train.add_argument("--downsample", choices=("maxpool", "conv"), default=uc.downsample,
-                       help="maxpool or conv (default %(default)s)")
-    train.add_argument("--zero-init", action=argparse.BooleanOptionalAction, default=uc.zero_init,
-                       help="zero the last convolution of each block (default %(default)s)")
+    train.add_argument("--device", type=arguments.device_name, default="auto", help=DEVICE_HELP)
+    add_settings(train, TrainConfig, BOOK)
+    add_settings(train, UNetConfig, UNetConfig())
     train.add_argument("--conditional", action="store_true",
                        help="train eps_theta(x_t, t, y) on the digits' labels, for classifier-free guidance")
     train.add_argument("--p-uncond", type=arguments.unit_interval, default=None,
                        help="with --conditional: share of labels dropped to 'no class' (default 0.1)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    samp = commands.add_parser("sample", help="generate digits from a checkpoint")
-    samp.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors or a training folder")
-    samp.add_argument("--num-samples", type=arguments.sample_count, default=None,
+    sampling = commands.add_parser("sample", help="generate digits from a checkpoint")
+    sampling.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors or a training folder")
+    sampling.add_argument("--num-samples", type=arguments.sample_count, default=None,
                       help="number of images (default 32, or one per --labels entry)")
-    samp.add_argument("--seed", type=arguments.seed_int, default=0, help="sample i uses seed S+i (default 0)")
-    samp.add_argument("--out", type=arguments.file_path, required=True,
+    sampling.add_argument("--seed", type=arguments.seed_int, default=0, help="sample i uses seed S+i (default 0)")
+    sampling.add_argument("--out", type=arguments.file_path, required=True,
                       help="output file: .png (a grid) or .npy (uint8 N x 28 x 28)")
-    samp.add_argument("--force", action="store_true", help="replace an existing file (or link) at --out")
-    samp.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (1000 steps) or ddim")
-    samp.add_argument("--steps", type=arguments.positive_int, default=None, help="DDIM steps, 1..T (default 50)")
-    samp.add_argument("--eta", type=arguments.unit_interval, default=None, help="DDIM stochasticity, 0..1 (default 0)")
-    samp.add_argument("--variance", choices=("beta", "posterior"), default="beta", help="sigma_t^2 (default beta)")
-    samp.add_argument("--noise-scale", type=arguments.noise_scale, default=1.0,
+    sampling.add_argument("--force", action="store_true", help="replace an existing file (or link) at --out")
+    sampling.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (1000 steps) or ddim")
+    sampling.add_argument("--steps", type=arguments.positive_int, default=None, help="DDIM steps, 1..T (default 50)")
+    sampling.add_argument("--eta", type=arguments.unit_interval, default=None,
+                          help="DDIM stochasticity, 0..1 (default 0)")
+    sampling.add_argument("--variance", choices=("beta", "posterior"), default="beta", help="sigma_t^2 (default beta)")
+    sampling.add_argument("--noise-scale", type=arguments.noise_scale, default=1.0,
                       help=f"scale of the fresh noise, 0..{arguments.MAX_NOISE_SCALE:g} (default 1.0)")
-    samp.add_argument("--ema", action="store_true", help="use the EMA weights")
-    asked = samp.add_mutually_exclusive_group()
-    asked.add_argument("--label", type=arguments.non_negative_int, default=None,
+    sampling.add_argument("--ema", action="store_true", help="use the EMA weights")
+    label_group = sampling.add_mutually_exclusive_group()
+    label_group.add_argument("--label", type=arguments.non_negative_int, default=None,
                        help="conditional models: the digit every sample should be, e.g. 7")
-    asked.add_argument("--labels", type=arguments.label_list, default=None,
+    label_group.add_argument("--labels", type=arguments.label_list, default=None,
                        help="conditional models: one digit per sample, e.g. 0,1,2,3 (repeated to --num-samples)")
-    samp.add_argument("--guidance", type=arguments.guidance_weight, default=None,
+    sampling.add_argument("--guidance", type=arguments.guidance_weight, default=None,
                       help=f"conditional models: classifier-free guidance w, 0..{arguments.MAX_GUIDANCE:g}; 0 "
                            "unconditional (no label needed), 1 conditional (default 1)")
-    samp.add_argument("--device", type=arguments.device_name, default="auto", help="auto, cpu, cuda or mps (default auto)")
-    samp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sampling.add_argument("--device", type=arguments.device_name, default="auto", help=DEVICE_HELP)
+    sampling.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate = commands.add_parser("evaluate", help="sample from a checkpoint and print quality metrics")
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="model.safetensors or a training folder")
-    evaluate.add_argument("--num-samples", type=arguments.sample_count, default=1000, help="number of samples (default 1000)")
+    evaluate.add_argument("--num-samples", type=arguments.sample_count, default=1000,
+                          help="number of samples (default 1000)")
     evaluate.add_argument("--seed", type=arguments.seed_int, default=0, help="sample i uses seed S+i (default 0)")
     evaluate.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (1000 steps) or ddim")
     evaluate.add_argument("--steps", type=arguments.positive_int, default=None, help="DDIM steps (default 50)")
@@ -124,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--guidance", type=arguments.guidance_weight, default=None,
                           help="conditional models: guidance w; sample i asks for digit i mod 10 (default 1)")
     evaluate.add_argument("--classifier", type=Path, default=None, help="judge weights (default: the packaged ones)")
-    evaluate.add_argument("--device", type=arguments.device_name, default="auto", help="auto, cpu, cuda or mps (default auto)")
+    evaluate.add_argument("--device", type=arguments.device_name, default="auto", help=DEVICE_HELP)
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     export = commands.add_parser(
         "export", help="export eps_theta(x_t, t) to ONNX, checked against PyTorch with ONNX Runtime"
@@ -204,13 +193,10 @@ def _resume_command(argv: list[str], resume: bool = True) -> str:
     return shlex.join(["python", "-m", "ddpm_core", *options, *(["--resume"] if resume else [])])
 
 
-def _train(args: argparse.Namespace, argv: list[str]) -> int:
-    import dataclasses
-
-    from ddpm_core import distributed
-    from ddpm_core.checkpoint import check_model_config
-    from ddpm_core.run_folder import RunFolder
-    from ddpm_core.training import TrainConfig, train
+def train_configs(args: argparse.Namespace) -> tuple:
+    """The ``TrainConfig`` and ``UNetConfig`` that parsed ``train`` arguments ask for: ``--recipe``, with each
+    flag given replacing its setting."""
+    from ddpm_core.recipe import RECIPES, TrainConfig
     from ddpm_core.unet import UNetConfig
 
     if args.p_uncond is not None and not args.conditional:
@@ -218,30 +204,26 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
             "--p-uncond applies only to a conditional network, which drops that share of labels to learn the "
             "unconditional prediction too. Add --conditional, or drop --p-uncond."
         )
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        ema_decay=args.ema_decay,
-        subset=args.subset,
-        warmup_steps=args.warmup_steps,
-        lr_decay=args.lr_decay,
-        grad_clip=args.grad_clip,
-        ema_warmup=args.ema_warmup,
-        loss_weighting=args.loss_weighting,
-        min_snr_gamma=args.min_snr_gamma,
-        p_uncond=TrainConfig.p_uncond if args.p_uncond is None else args.p_uncond,
-        precision=args.precision,
-    )
+    given = vars(args)
+    config = dataclasses.replace(RECIPES[args.recipe], **{
+        f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given and "help" in f.metadata})
+    if args.p_uncond is not None:
+        config = dataclasses.replace(config, p_uncond=args.p_uncond)
+    model_config = dataclasses.replace(UNetConfig(), num_classes=10 if args.conditional else None, **{
+        f.name: given[f.name] for f in dataclasses.fields(UNetConfig) if f.name in given and "help" in f.metadata})
     try:
-        model_config = dataclasses.replace(UNetConfig(), channels=args.channels, time_embed_dim=args.time_embed_dim,
-                                           attention=args.attention, downsample=args.downsample,
-                                           zero_init=args.zero_init,
-                                           num_classes=10 if args.conditional else None)
-        check_model_config(model_config)
+        model_config.validate(check_size=True)
     except ValueError as error:
         raise DDPMError(f"Unusable architecture options: {error}") from None
+    return config, model_config
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    from ddpm_core import distributed
+    from ddpm_core.run_folder import RunFolder
+    from ddpm_core.training import train
+
+    config, model_config = train_configs(args)
     try:
         result = train(args.out, config, model_config, resume=args.resume, device=args.device,
                        progress=not args.no_progress)

@@ -123,6 +123,49 @@ class RunFolder:
         epochs = self.epoch_files()
         return epochs[-1] if epochs else None
 
+    def check_start(self, resume: bool) -> None:
+        """Refuse, before anything is loaded, a folder whose files this run would overwrite or mix with its own.
+
+        A new run starts only in a folder without any run's files; a resumed run only where ``resume.pt``
+        is a regular file (a pipe or a folder of that name is never opened).
+        """
+        present = self.run_files()
+        if self.resumable():
+            if not resume:
+                epoch = self.saved_epoch()
+                saved = f"{epoch} epoch{'s' if epoch != 1 else ''} saved: " if epoch is not None else ""
+                raise DDPMError(
+                    f"{self.path} already holds a training run. Pass --resume (resume=True) to continue it "
+                    f"({saved}{self.describe(present)}), or choose another --out folder; nothing was overwritten."
+                )
+            # What a checkpoint replaces must be a file (or a link, which is replaced itself), and epochs/ a self.
+            blocking = [p for p in (self.weights,) if p.exists() and not p.is_file()]
+            blocking += [self.epochs] if self.epochs.exists() and not self.epochs.is_dir() else []
+            if blocking:
+                names = ", ".join(str(p) for p in blocking)
+                raise DDPMError(
+                    f"The run in {self.path} cannot save its checkpoints: {names} should be "
+                    f"{'a file' if blocking[0] == self.weights else 'a folder'} but is something else. Move it out of "
+                    f"{self.path}, then resume again; nothing was changed."
+                )
+            return
+        if present:
+            checkpoint = self.sampling_checkpoint()
+            weights = (f" Its weights stay usable for sampling: pass --checkpoint {checkpoint} to "
+                       f"`python -m ddpm_core sample`." if checkpoint is not None else "")
+            raise DDPMError(
+                f"{self.path} holds files of an earlier training run ({self.describe(present)}), but "
+                f"{self.resume_problem()}, so that run cannot be continued{' with --resume' if resume else ''}: "
+                f"{RESUME_FILE} holds the optimiser and random-number states that continuing needs.{weights} Start a "
+                f"new run in another --out folder, or move those files out of {self.path} to start one there; "
+                f"nothing was overwritten."
+            )
+        if resume:
+            raise DDPMError(
+                f"Nothing to resume in {self.path}: {self.resume_problem()}, and no other file of a training run is "
+                f"there. Drop --resume (resume=False) to start a new run there."
+            )
+
     def remove_own_temporaries(self) -> list[Path]:
         """Delete the temporary files a killed write of this package left here and in ``epochs/``; nothing else.
 

@@ -35,13 +35,18 @@ the unconditional eps_theta(x_t, t) together.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 DOWNSAMPLES = ("maxpool", "conv")
+# Far beyond any network that fits 28x28 digits, far below what would exhaust a machine's memory.
+MAX_WIDTH = 1024
+MAX_EMBED_DIM = 4096
+MAX_PARAMETERS = 50_000_000
+MAX_CLASSES = 1000
 # What a stored configuration without these fields meant: the network before they were added.
 LEGACY_DEFAULTS = {"attention": (), "downsample": "maxpool", "zero_init": False, "num_classes": None}
 
@@ -49,13 +54,20 @@ LEGACY_DEFAULTS = {"attention": (), "downsample": "maxpool", "zero_init": False,
 @dataclass(frozen=True)
 class UNetConfig:
     image_channels: int = 1  # MNIST is greyscale
-    channels: tuple[int, ...] = (32, 32, 48)  # width at 28x28, 14x14 and 7x7
+    # The fields with a help text are the command line's architecture flags (python -m ddpm_core train --help).
+    channels: tuple[int, ...] = field(default=(32, 32, 48), metadata={
+        "help": "widths at 28x28, 14x14 and 7x7 pixels, e.g. 32,32,48", "parse": "width_list"})
     time_freq_dim: int = 16  # number of sinusoidal features of t (8 frequencies, sin and cos)
-    time_embed_dim: int = 64  # width of the MLP that turns those features into the embedding
+    time_embed_dim: int = field(default=64, metadata={
+        "help": "width of the MLP that turns the sinusoidal features of t into the embedding", "parse": "positive_int"})
     num_groups: int = 8  # GroupNorm groups; must divide every width above
-    attention: tuple[int, ...] = ()  # resolutions (7, 14) whose blocks are followed by self-attention
-    downsample: str = "maxpool"  # "maxpool" (no weights) or "conv" (3x3, stride 2)
-    zero_init: bool = False  # start each residual branch and the output convolution at zero
+    attention: tuple[int, ...] = field(default=(), metadata={
+        "help": "resolutions whose blocks are followed by self-attention, e.g. 7 or 7,14, or none",
+        "parse": "resolution_list"})
+    downsample: str = field(default="maxpool", metadata={
+        "help": "maxpool (no weights) or conv (3x3, stride 2)", "choices": DOWNSAMPLES})
+    zero_init: bool = field(default=False, metadata={
+        "help": "start each residual branch and the output convolution at zero"})
     num_classes: int | None = None  # None: unconditional; 10: eps_theta(x_t, t, y) for the digits 0..9
 
     def to_dict(self) -> dict:
@@ -69,8 +81,24 @@ class UNetConfig:
         data["attention"] = tuple(data["attention"])
         return cls(**data)
 
-    def validate(self) -> None:
-        """Refuse a configuration that cannot build a network, with the reason."""
+    def validate(self, check_size: bool = False) -> None:
+        """Refuse (``ValueError``, with the reason) a configuration that cannot build a network or is implausibly
+        large for 28x28 digits; ``check_size`` also counts its parameters, on the meta device (no memory)."""
+        if not 1 <= self.image_channels <= 4:
+            raise ValueError(f"image_channels must lie in 1..4, got {self.image_channels}")
+        if not 1 <= len(self.channels) <= 3:
+            raise ValueError(f"channels needs 1 to 3 widths (for 28, 14 and 7 pixels), got {len(self.channels)}")
+        if not all(1 <= width <= MAX_WIDTH for width in self.channels):
+            raise ValueError(f"every width in channels must lie in 1..{MAX_WIDTH}, got {list(self.channels)}")
+        if not (2 <= self.time_freq_dim <= MAX_EMBED_DIM and self.time_freq_dim % 2 == 0):
+            raise ValueError(f"time_freq_dim must be even and lie in 2..{MAX_EMBED_DIM}, got {self.time_freq_dim}")
+        if not 1 <= self.time_embed_dim <= MAX_EMBED_DIM:
+            raise ValueError(f"time_embed_dim must lie in 1..{MAX_EMBED_DIM}, got {self.time_embed_dim}")
+        if self.num_groups < 1:
+            raise ValueError(f"num_groups must be positive, got {self.num_groups}")
+        if self.num_classes is not None and not isinstance(self.num_classes, bool) and not (
+                1 <= self.num_classes <= MAX_CLASSES):
+            raise ValueError(f"num_classes must lie in 1..{MAX_CLASSES} or be None, got {self.num_classes}")
         if self.downsample not in DOWNSAMPLES:
             raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {self.downsample!r}.")
         sizes = [28 // 2**level for level in range(len(self.channels))]
@@ -82,6 +110,12 @@ class UNetConfig:
         for width in self.channels:
             if width % self.num_groups:
                 raise ValueError(f"num_groups={self.num_groups} must divide every width, not {width}.")
+        if check_size:
+            with torch.device("meta"):  # shapes only: no memory is allocated
+                parameters = sum(p.numel() for p in UNet(self).parameters())
+            if parameters > MAX_PARAMETERS:
+                raise ValueError(f"that network has {parameters:,} parameters, more than the {MAX_PARAMETERS:,} "
+                                 f"allowed")
 
 
 class SinusoidalTimeEmbedding(nn.Module):

@@ -96,6 +96,31 @@ def test_stored_listing_is_todays_source(name, index, source):
         )
 
 
+# A listing a reader reads line by line stays short; the two algorithms of chapter 2 shortest of all.
+LISTING_LINES = 50
+ALGORITHM_LINES = {"train_step": 40, "sample": 40}  # Algorithm 1 and Algorithm 2 of Ho et al. 2020
+
+
+@pytest.mark.parametrize(("name", "index", "source"), listings(), ids=lambda v: str(v).split("\n")[0])
+def test_every_listing_is_short_enough_to_read(name, index, source):
+    import inspect
+
+    match = CALL.match(source)
+    target = match["target"]
+    obj = resolve(package_namespace(load(REPO / "book" / name)), target)
+    lines = len(inspect.getsource(obj).splitlines())
+    limit = ALGORITHM_LINES.get(target, LISTING_LINES)
+    assert lines <= limit, (
+        f"{name}, cell {index}: the listing of {target} is {lines} lines long, more than the {limit} a reader can "
+        f"follow; move what is not the idea itself into a function of its own."
+    )
+
+
+def test_chapter_2_lists_both_algorithms():
+    targets = {CALL.match(source)["target"] for name, _, source in listings() if name.startswith("02_")}
+    assert set(ALGORITHM_LINES) <= targets
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_code_cells_fit_the_page(path):
     long_lines = [

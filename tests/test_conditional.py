@@ -12,8 +12,10 @@ from ddpm_core.checkpoint import load_checkpoint, read_metadata
 from ddpm_core.cli import main
 from ddpm_core.ddim import ddim_sample
 from ddpm_core.errors import DDPMError
+from ddpm_core.objective import drop_labels
+from ddpm_core.recipe import TrainConfig
 from ddpm_core.sampling import guided_eps, sample
-from ddpm_core.training import TrainConfig, drop_labels, train
+from ddpm_core.training import train
 from ddpm_core.unet import count_parameters
 from tests.helpers import TINY_CONFIG, needs_mnist, tiny_schedule
 
@@ -275,7 +277,7 @@ def test_the_committed_conditional_model_is_the_book_recipe_with_labels():
 
     metadata = read_metadata(REPO / "book" / "checkpoints" / "ddpm_mnist_conditional.safetensors")
     assert UNetConfig.from_dict(metadata["model_config"]) == UNetConfig(num_classes=10)
-    from ddpm_core.training import LEGACY_TRAIN_DEFAULTS
+    from ddpm_core.recipe import LEGACY_TRAIN_DEFAULTS
 
     recorded = {**LEGACY_TRAIN_DEFAULTS, **metadata["train_config"]}  # settings added since default as before
     assert recorded == asdict(TrainConfig())  # the default recipe, p_uncond 0.1, 15 epochs

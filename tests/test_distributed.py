@@ -19,7 +19,8 @@ import torch.multiprocessing as mp
 
 from ddpm_core.checkpoint import load_checkpoint, load_resume_state
 from ddpm_core.errors import DDPMError
-from ddpm_core.training import TrainConfig, train
+from ddpm_core.recipe import TrainConfig
+from ddpm_core.training import train
 from tests.helpers import REPO, TINY_CONFIG, needs_mnist
 
 CONFIG = TrainConfig(epochs=2, batch_size=16, lr=1e-4, num_steps=50, beta_start=1e-3, beta_end=0.2,

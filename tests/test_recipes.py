@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from ablations.candidates import CANDIDATES, REFERENCE, recipe_of, train_command, train_flags
-from ddpm_core.cli import REFERENCE_FLAGS, build_parser
+from ddpm_core.cli import build_parser, train_configs
 from ddpm_core.errors import DDPMError
+from ddpm_core.objective import min_snr_weights
+from ddpm_core.recipe import TrainConfig, learning_rate
 from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.training import TrainConfig, learning_rate, min_snr_weights
 from ddpm_core.unet import UNet, UNetConfig, count_parameters
 
 
@@ -110,8 +111,7 @@ def test_bad_architecture_options_are_refused_with_the_reason():
 @pytest.mark.parametrize("name", list(CANDIDATES))
 def test_a_recipe_command_sets_every_setting_of_the_recipe(name):
     recipe = CANDIDATES[name]["recipe"]
-    args = build_parser().parse_args(["train", *train_flags(recipe)])
-    parsed = {key: getattr(args, key) for key in REFERENCE}
+    parsed = _recipe_of_arguments(["train", *train_flags(recipe)])
     assert parsed == {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
     assert train_command(recipe, 2, "runs/x").startswith("python -m ddpm_core train --epochs 2 --out runs/x")
 
@@ -123,6 +123,13 @@ def test_the_recipe_read_back_from_a_checkpoint_is_the_recipe_that_ran():
     assert recipe_of(train_config, model_config) == recipe
     legacy = recipe_of({"lr": 2e-4, "ema_decay": 0.999}, {"channels": (32, 32, 48)})  # a run from before
     assert legacy == REFERENCE
+
+
+def _recipe_of_arguments(argv):
+    from dataclasses import asdict
+
+    config, model_config = train_configs(build_parser().parse_args(argv))
+    return recipe_of(asdict(config), model_config.to_dict())
 
 
 def _recipe_of_checkpoint(path):
@@ -154,7 +161,7 @@ def test_the_documented_reference_commands_train_the_reference_recipe():
     repo = Path(__file__).resolve().parent.parent
     target = re.search(r"^train-reference:.*?\n\t(.*?)\n\n", (repo / "Makefile").read_text(), re.S | re.M)
     make_flags = shlex.split(target.group(1).replace("\\\n", " "))[3:]  # after "$(BIN)/python -m ddpm_core"
-    for flags in (make_flags, ["train", *shlex.split(REFERENCE_FLAGS)]):
-        args = build_parser().parse_args(flags)
-        parsed = {key: getattr(args, key) for key in REFERENCE}
-        assert parsed == REFERENCE, flags
+    for flags in (make_flags, ["train", "--recipe", "reference"]):
+        assert _recipe_of_arguments(flags) == REFERENCE, flags
+    # a flag given beside --recipe changes that one setting
+    assert _recipe_of_arguments(["train", "--recipe", "reference", "--lr", "1e-3"]) == {**REFERENCE, "lr": 1e-3}

@@ -19,8 +19,9 @@ import torch
 import ddpm_core.checkpoint
 import ddpm_core.training
 from ddpm_core.cli import _interrupted, main
+from ddpm_core.memory import MEMORY_MARGIN, MEMORY_OVERHEAD, activation_bytes_per_image
+from ddpm_core.recipe import TrainConfig
 from ddpm_core.run_folder import RunFolder
-from ddpm_core.training import MEMORY_MARGIN, MEMORY_OVERHEAD, TrainConfig, activation_bytes_per_image
 from ddpm_core.unet import UNet, UNetConfig
 from tests.helpers import (
     DDPM,
@@ -312,7 +313,7 @@ def _tiny_step_bytes(batch: int) -> int:
 
 
 def test_a_batch_that_does_not_fit_is_refused_with_a_batch_size_that_does(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(ddpm_core.training, "available_memory", lambda device: _tiny_step_bytes(100))
+    monkeypatch.setattr(ddpm_core.memory, "available_memory", lambda device: _tiny_step_bytes(100))
     out = tmp_path / "run"
     code, output = run_cli([*_train(out, "--epochs", "1"), "--batch-size", "256"], capsys)
     assert_clean_failure(code, output, 2, "--batch-size 256 needs about", "per image", "are free",
@@ -323,7 +324,7 @@ def test_a_batch_that_does_not_fit_is_refused_with_a_batch_size_that_does(tmp_pa
 
 
 def test_a_batch_of_all_of_mnist_is_refused_before_any_allocation(tmp_path, capsys):
-    if (ddpm_core.training.available_memory(torch.device("cpu")) or 0) > 300e9:
+    if (ddpm_core.memory.available_memory(torch.device("cpu")) or 0) > 300e9:
         pytest.skip("this machine has the memory a 60,000-image batch of the default network needs")
     out = tmp_path / "run"
     code, output = run_cli(["train", "--out", str(out), "--batch-size", "60000", "--epochs", "1", "--device", "cpu",

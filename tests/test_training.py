@@ -162,7 +162,7 @@ def test_a_killed_run_leaves_a_loadable_last_checkpoint(tmp_path):
 
 
 def test_train_step_is_algorithm_1_on_one_batch():
-    from ddpm_core.training import train_step
+    from ddpm_core.objective import train_step
     from ddpm_core.unet import UNet
 
     config = TrainConfig(num_steps=50, channels_last=False)
@@ -172,7 +172,7 @@ def test_train_step_is_algorithm_1_on_one_batch():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     x0 = synthetic_images(8)
-    loss = train_step(model, schedule, optimizer, x0, torch.Generator().manual_seed(5), config)
+    loss = train_step(model, schedule, optimizer, x0, torch.Generator().manual_seed(5))
     # Lines 3 and 4 of Algorithm 1: t, then eps, from the run's generator; line 5: the loss before the step.
     generator = torch.Generator().manual_seed(5)
     t = torch.randint(1, 51, (8,), generator=generator)
@@ -187,7 +187,8 @@ def test_train_step_is_algorithm_1_on_one_batch():
 
 
 def test_train_step_leaves_the_weights_alone_when_the_loss_is_not_finite():
-    from ddpm_core.training import train_step
+    from ddpm_core.objective import train_step
+    from ddpm_core.recipe import RecipeHooks
     from ddpm_core.unet import UNet
 
     config = TrainConfig(num_steps=50, channels_last=False, ema_decay=0.9)
@@ -197,13 +198,15 @@ def test_train_step_leaves_the_weights_alone_when_the_loss_is_not_finite():
     ema = {k: v.clone() for k, v in before.items()}
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     x0 = torch.full((4, 1, 28, 28), float("nan"))
-    loss = train_step(model, config.schedule(), optimizer, x0, torch.Generator().manual_seed(0), config, ema_state=ema)
+    RecipeHooks(optimizer, model, config, total_steps=1, ema_state=ema)
+    loss = train_step(model, config.schedule(), optimizer, x0, torch.Generator().manual_seed(0))
     assert not torch.isfinite(loss)
     assert all(torch.equal(before[k], v) and torch.equal(ema[k], v) for k, v in model.state_dict().items())
 
 
 def test_the_ema_moves_a_share_one_minus_decay_towards_the_new_weights():
-    from ddpm_core.training import train_step
+    from ddpm_core.objective import train_step
+    from ddpm_core.recipe import RecipeHooks
     from ddpm_core.unet import UNet
 
     config = TrainConfig(num_steps=50, channels_last=False, ema_decay=0.9, ema_warmup=False)
@@ -212,8 +215,8 @@ def test_the_ema_moves_a_share_one_minus_decay_towards_the_new_weights():
     ema = {k: v.clone() for k, v in model.state_dict().items()}
     before = {k: v.clone() for k, v in ema.items()}
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    train_step(model, config.schedule(), optimizer, synthetic_images(8), torch.Generator().manual_seed(0), config,
-               ema_state=ema)
+    RecipeHooks(optimizer, model, config, total_steps=1, ema_state=ema)  # the EMA follows each optimiser step
+    train_step(model, config.schedule(), optimizer, synthetic_images(8), torch.Generator().manual_seed(0))
     for name, new in model.state_dict().items():  # ema = decay * ema + (1 - decay) * weights
         torch.testing.assert_close(ema[name], 0.9 * before[name] + 0.1 * new, rtol=1e-5, atol=1e-7)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
