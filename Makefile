@@ -53,15 +53,12 @@ book: $(STAMP)
 	@$(MAKE) --no-print-directory live-runtime
 	@echo "The book is in _build/html/index.html"
 
-# onnxruntime-web for the live panel, pinned by package-lock.json: only the three files the page loads.
+# onnxruntime-web for the live panel, pinned by package-lock.json: ddpm_core.live copies the files the page loads.
 NPM ?= npm
-ORT_FILES := ort.wasm.min.js ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
 live-runtime:
 	@if command -v $(NPM) >/dev/null 2>&1; then \
 		[ node_modules/.package-lock.json -nt package-lock.json ] || $(NPM) ci --no-audit --no-fund --loglevel=error; \
-		mkdir -p _build/html/_static/ort; \
-		cp $(addprefix node_modules/onnxruntime-web/dist/,$(ORT_FILES)) _build/html/_static/ort/; \
-		$(BIN)/python -m ddpm_core.live _build/html/_static >/dev/null; \
+		$(BIN)/python -m ddpm_core.live _build/html/_static node_modules/onnxruntime-web/dist >/dev/null; \
 	else \
 		rm -rf _build/html/_static/ort; \
 		echo "make book: npm was not found, so the live panel's runtime (onnxruntime-web) was left out and chapters 5 and 8 say so in its place; install Node.js and npm (apt-get install nodejs npm) and run make book again."; \

@@ -41,10 +41,10 @@ from safetensors.torch import safe_open, save_file
 from ddpm_core.errors import DDPMError, NonFiniteOutputError
 from ddpm_core.files import MAX_JSON_BYTES, atomic_write, parse_json
 from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.unet import LEGACY_DEFAULTS, MAX_PARAMETERS, UNet, UNetConfig
+from ddpm_core.unet import LEGACY_DEFAULTS, MAX_PARAMETERS, UNet, UNetConfig, current_name
 
 FORMAT = "ddpm_core/1"
-CLASSIFIER_FORMAT = "ddpm_core/classifier/1"
+CLASSIFIER_FORMAT = "ddpm_core/classifier/1"  # the judge's weights (classifier.py): refused as a diffusion model
 EMA_PREFIX = "ema."
 MAX_NUM_STEPS = 100_000  # far beyond any schedule a sampler would run
 RESUME_KEYS = ("epoch", "model", "optimizer", "generator", "torch_rng", "ema", "loss_history", "wall_time_s",
@@ -494,8 +494,8 @@ def _check_tensors(path: Path, header: SafetensorsHeader, config: UNetConfig, us
             f"It is not a file this package wrote, or it was damaged. {_recovery(path)}"
         )
     expected = _expected_shapes(config)
-    problems = [_shape_mismatch(expected, header.shapes())]
-    ema = header.shapes(ema=True)
+    problems = [_shape_mismatch(expected, {current_name(k): v for k, v in header.shapes().items()})]
+    ema = {current_name(k): v for k, v in header.shapes(ema=True).items()}
     if ema or use_ema:
         ema_problem = _shape_mismatch({EMA_PREFIX + k: v for k, v in expected.items()},
                                       {EMA_PREFIX + k: v for k, v in ema.items()})

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from ddpm_core import arguments
 from ddpm_core.checkpoint import (
+    CLASSIFIER_FORMAT,
     WEIGHT_DTYPES,
     SafetensorsHeader,
     describe_file_type,
@@ -51,8 +52,9 @@ from ddpm_core.data import load_mnist
 from ddpm_core.device import device_description
 from ddpm_core.errors import DDPMError
 from ddpm_core.files import atomic_write, check_output_file, library_versions, parse_json
+from ddpm_core.progress import EpochProgress
 
-FORMAT = "ddpm_core/classifier/1"
+FORMAT = CLASSIFIER_FORMAT  # defined beside the checkpoints', which must tell the two apart
 CLASSIFIER_ENV = "DDPM_CLASSIFIER"
 DEFAULT_PATH = Path(__file__).resolve().parent / "weights" / "mnist_classifier.safetensors"  # package data
 NUM_CLASSES = 10
@@ -179,8 +181,7 @@ def train_classifier(
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(images), generator=generator)
-        total, seen = 0.0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"classifier epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        epoch_progress = EpochProgress(steps_per_epoch, f"classifier epoch {epoch}/{epochs}", progress)
         for step in range(steps_per_epoch):
             index = order[step * batch_size : (step + 1) * batch_size]
             x, y = images[index], labels[index]
@@ -191,13 +192,9 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += loss.item() * len(y)
-            seen += len(y)
-            bar.update()
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{total / seen:.4f}")
-        bar.close()
-        loss_history.append(total / seen)
+            epoch_progress.add(loss.item(), len(y))
+        epoch_progress.close()
+        loss_history.append(epoch_progress.mean)
         if progress:
             tqdm.write(f"classifier epoch {epoch}/{epochs}: mean loss {loss_history[-1]:.4f}")
     wall_time_s = time.perf_counter() - started

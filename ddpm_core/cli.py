@@ -218,7 +218,7 @@ def train_configs(args: argparse.Namespace) -> tuple:
     return config, model_config
 
 
-def _train(args: argparse.Namespace, argv: list[str]) -> int:
+def _train_command(args: argparse.Namespace, argv: list[str]) -> int:
     from ddpm_core import distributed
     from ddpm_core.run_folder import RunFolder
     from ddpm_core.training import train
@@ -528,7 +528,7 @@ def _run(args: argparse.Namespace, argv: list[str], torchrun: _Torchrun | None) 
                     if torchrun is not None:
                         torchrun.watch()
                     _check_launch()
-                    return _train(args, argv)
+                    return _train_command(args, argv)
                 if args.command == "evaluate":
                     return _evaluate(args)
                 if args.command == "export":

@@ -58,9 +58,9 @@ def sampling_labels(
         raise DDPMError(f"guidance must be a finite number >= 0 (0: unconditional, 1: conditional), got {guidance!r}.")
     if num_classes is None:
         if labels is not None or guidance not in (None, 1.0):
-            asked = spelling.labels if labels is not None else spelling.guidance
+            refused = spelling.labels if labels is not None else spelling.guidance
             raise DDPMError(
-                f"{source} is an unconditional model (trained without labels), so {asked} cannot apply: it draws "
+                f"{source} is an unconditional model (trained without labels), so {refused} cannot apply: it draws "
                 f"whatever digit its noise leads to. Sample without {spelling.labels} and {spelling.guidance}, or "
                 f"use {spelling.train_conditional}."
             )

@@ -76,7 +76,23 @@ def write_file_mode(static: str | Path) -> Path:
     return out
 
 
-if __name__ == "__main__":  # python -m ddpm_core.live _build/html/_static (make book does this)
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m ddpm_core.live STATIC_DIR (the built book's _static folder)")
+def install_runtime(static: str | Path, dist: str | Path) -> list[Path]:
+    """Copy the files of onnxruntime-web that the panel loads (``ORT_FILES``) from the npm package's ``dist``
+    folder into ``static/ort``; returns their new paths."""
+    import shutil
+
+    target = Path(static) / "ort"
+    target.mkdir(parents=True, exist_ok=True)
+    missing = [name for name in ORT_FILES if not (Path(dist) / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{dist} lacks {', '.join(missing)}: run `npm ci` in the repository first.")
+    return [Path(shutil.copy2(Path(dist) / name, target / name)) for name in ORT_FILES]
+
+
+if __name__ == "__main__":  # python -m ddpm_core.live _build/html/_static [ORT_DIST] (make book does this)
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m ddpm_core.live STATIC_DIR [ORT_DIST] (the built book's _static folder, and "
+                 "onnxruntime-web's dist folder to copy the runtime from)")
+    if len(sys.argv) == 3:
+        install_runtime(sys.argv[1], sys.argv[2])
     print(f"wrote {write_file_mode(sys.argv[1])} for pages opened from disk")

@@ -38,6 +38,7 @@ from ddpm_core.files import library_versions
 from ddpm_core.lock import holds_run_lock
 from ddpm_core.memory import check_step_memory
 from ddpm_core.objective import TimestepWeights, train_step
+from ddpm_core.progress import EpochProgress
 from ddpm_core.recipe import LEGACY_TRAIN_DEFAULTS, RecipeHooks, TrainConfig, timestep_weights
 from ddpm_core.run_folder import RunFolder
 from ddpm_core.unet import UNet, UNetConfig
@@ -71,13 +72,13 @@ class Network:
             return self._module(*inputs)
 
 
-def scaled(weights: TimestepWeights | None, share: float) -> TimestepWeights | None:
-    """The loss weights times ``share``: under torchrun a process's part of the last batch can be smaller than
+def scaled(weights: TimestepWeights | None, batch_share: float) -> TimestepWeights | None:
+    """The loss weights times ``batch_share``: under torchrun a process's part of the last batch can be smaller than
     the others', and DDP averages the processes' gradients as if the parts were equal; weighting each part by
     its share (its size times the number of processes over the batch's) gives the whole batch's mean."""
-    if share == 1.0:
+    if batch_share == 1.0:
         return weights
-    return lambda t: share * (weights(t) if weights is not None else torch.ones(t.shape, device=t.device))
+    return lambda t: batch_share * (weights(t) if weights is not None else torch.ones(t.shape, device=t.device))
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> Tensor:
@@ -132,15 +133,16 @@ def train(
         device = distributed.start(ranks, device)
         progress = progress and ranks.main
     try:
-        return _train(out_dir, config, model_config, resume, device, images, progress, labels, noise_shards, ranks)
+        return _train_in_folder(out_dir, config, model_config, resume, device, images, progress, labels, noise_shards,
+                                ranks)
     except Exception as error:
         if ranks.distributed and distributed.lost_peer(error):
             epoch = RunFolder(out_dir).saved_epoch()
-            kept = f"its last checkpoint (epoch {epoch})" if epoch else "no checkpoint yet"
+            saved = f"its last checkpoint (epoch {epoch})" if epoch else "no checkpoint yet"
             raise DDPMError(
                 f"Process {ranks.rank} of {ranks.world_size} lost contact with the others: another process stopped "
                 f"or hung ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). {out_dir} "
-                f"holds {kept}, intact; find the failed process in torchrun's report above, then start the same "
+                f"holds {saved}, intact; find the failed process in torchrun's report above, then start the same "
                 f"command again{' with --resume' if epoch else ' (without --resume: there is nothing to resume)'}."
             ) from None
         raise
@@ -154,7 +156,7 @@ def saved_epoch(out_dir: str | Path) -> int | None:
     return RunFolder(out_dir).saved_epoch()
 
 
-def _train(
+def _train_in_folder(
     out_dir: Path,
     config: TrainConfig,
     model_config: UNetConfig,
@@ -213,9 +215,9 @@ def _train(
     network = Network(model, config, ranks, device)
     weights = timestep_weights(config, schedule)
 
-    def step(x0: Tensor, batch_labels: Tensor | None, share: float) -> Tensor:
+    def step(x0: Tensor, batch_labels: Tensor | None, batch_share: float) -> Tensor:
         x0 = x0.to(device).contiguous(memory_format=memory_format)
-        return train_step(network, schedule, optimizer, x0, generators, scaled(weights, share),
+        return train_step(network, schedule, optimizer, x0, generators, scaled(weights, batch_share),
                           batch_labels.to(device) if batch_labels is not None else None, config.p_uncond)
 
     try:
@@ -255,31 +257,26 @@ def _run_epoch(
 ) -> tuple[float, int]:
     """One pass over the images in the epoch's order: the summed loss of this process's images and their count."""
     order = _epoch_order(config.seed, epoch, images.shape[0])
-    total, seen = 0.0, 0
-    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
+    epoch_progress = EpochProgress(steps_per_epoch, f"epoch {epoch}/{config.epochs}", progress)
     for index in range(steps_per_epoch):
         batch = order[index * config.batch_size : (index + 1) * config.batch_size]
         local = batch.tensor_split(ranks.world_size)[ranks.rank]  # this process's part (all, alone)
         x0 = images[local]  # line 2 of Algorithm 1
         loss = step(x0, labels[local] if labels is not None else None, len(local) * ranks.world_size / len(batch))
         if not torch.isfinite(loss):
-            bar.close()
+            epoch_progress.close()
             if epoch > 1:
-                kept = f"The last good checkpoint in {out_dir} (epoch {epoch - 1}) was kept unchanged."
+                saved = f"The last good checkpoint in {out_dir} (epoch {epoch - 1}) was kept unchanged."
             else:
-                kept = f"Nothing was saved in {out_dir}: no epoch had finished."
+                saved = f"Nothing was saved in {out_dir}: no epoch had finished."
             raise DDPMError(
-                f"Training stopped: the loss became {loss.item()} at epoch {epoch}, step {index + 1}. {kept} "
+                f"Training stopped: the loss became {loss.item()} at epoch {epoch}, step {index + 1}. {saved} "
                 f"Check the data for NaN or inf values, or start a new run with a lower learning rate (--lr) "
                 f"in another folder; a resumed run keeps its learning rate and would diverge again."
             )
-        total += loss.item() * len(local)
-        seen += len(local)
-        bar.update()
-        if index % 20 == 0:
-            bar.set_postfix(loss=f"{total / seen:.4f}")
-    bar.close()
-    return total, seen
+        epoch_progress.add(loss.item(), len(local))
+    epoch_progress.close()
+    return epoch_progress.total, epoch_progress.seen
 
 
 def _training_data(
@@ -323,9 +320,10 @@ def _check_resume(folder: RunFolder, state: dict, config: TrainConfig, model_con
             f"are in {folder.weights}; nothing was changed."
         )
     saved = {k: v for k, v in {**LEGACY_TRAIN_DEFAULTS, **state["train_config"]}.items() if k != "epochs"}
-    asked = {k: v for k, v in asdict(config).items() if k != "epochs"}
-    if saved != asked:
-        changed = ", ".join(f"{k}: {saved.get(k)} -> {asked.get(k)}" for k in asked if saved.get(k) != asked.get(k))
+    requested = {k: v for k, v in asdict(config).items() if k != "epochs"}
+    if saved != requested:
+        changed = ", ".join(f"{k}: {saved.get(k)} -> {requested.get(k)}" for k in requested
+                            if saved.get(k) != requested.get(k))
         raise DDPMError(
             f"The run in {out_dir} was started with other settings ({changed}). Only --epochs may change "
             f"on --resume; start a new run in another folder to change the rest."

@@ -49,6 +49,20 @@ MAX_PARAMETERS = 50_000_000
 MAX_CLASSES = 1000
 # What a stored configuration without these fields meant: the network before they were added.
 LEGACY_DEFAULTS = {"attention": (), "downsample": "maxpool", "zero_init": False, "num_classes": None}
+# Weights whose name changed, as (old, new) parts of the name: files written before keep loading.
+LEGACY_NAMES = ((".pool.", ".halve."),)
+
+
+def current_name(name: str) -> str:
+    """The name a weight of an older file has in today's network."""
+    for old, new in LEGACY_NAMES:
+        name = name.replace(old, new)
+    return name
+
+
+def _rename_legacy_weights(state_dict: dict, prefix: str, *args: object) -> None:
+    for name in [k for k in state_dict if k.startswith(prefix) and current_name(k) != k]:
+        state_dict[current_name(name)] = state_dict.pop(name)
 
 
 @dataclass(frozen=True)
@@ -121,9 +135,10 @@ class UNetConfig:
 class SinusoidalTimeEmbedding(nn.Module):
     """Map integer timesteps to sin/cos features at geometrically spaced frequencies.
 
-    Vaswani et al. 2017, section 3.5: emb[2i] = sin(t / 10000^(2i/d)),
-    emb[2i+1] = cos(t / 10000^(2i/d)). Nearby timesteps get nearby vectors, and
-    the network can read both coarse and fine differences in t.
+    The frequencies of Vaswani et al. 2017, section 3.5, with the sines first and the cosines
+    after them (as in Ho et al.'s code), not interleaved: emb[i] = sin(t / 10000^(i/h)) and
+    emb[h + i] = cos(t / 10000^(i/h)) for i < h = d/2. Nearby timesteps get nearby vectors,
+    and the network can read both coarse and fine differences in t.
     """
 
     def __init__(self, dim: int) -> None:
@@ -191,10 +206,10 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int, kind: str = "maxpool") -> None:
         super().__init__()
-        self.pool = nn.MaxPool2d(2) if kind == "maxpool" else nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.halve = nn.MaxPool2d(2) if kind == "maxpool" else nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pool(x)
+        return self.halve(x)
 
 
 class Upsample(nn.Module):
@@ -220,6 +235,7 @@ class UNet(nn.Module):
         config = config or UNetConfig()
         config.validate()
         self.config = config
+        self._register_load_state_dict_pre_hook(_rename_legacy_weights)  # files written before a rename
         widths = config.channels
         base = widths[0]
 

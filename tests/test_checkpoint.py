@@ -93,3 +93,19 @@ def test_generate_record_keeps_samples_wall_time_threads_and_the_trajectory(chec
     assert record["x0_pred"].shape == (3, 3, 1, 28, 28)
     assert set(plain) == {"samples", "seconds", "threads"}
     assert torch.equal(plain["samples"], record["samples"])  # capturing changes nothing (at one thread count)
+
+
+def test_a_file_written_before_a_weight_was_renamed_still_loads(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    config = UNetConfig(channels=(8, 8, 16), time_freq_dim=8, time_embed_dim=16, downsample="conv")
+    torch.manual_seed(0)
+    model = UNet(config)
+    old_names = {k.replace(".halve.", ".pool."): v.contiguous() for k, v in model.state_dict().items()}
+    assert any(".pool." in name for name in old_names)  # the strided convolutions were called pool
+    metadata = {"format": "ddpm_core/1", "model_config": config.to_dict(), "has_ema": False}
+    save_file(old_names, str(tmp_path / "old.safetensors"), metadata={"ddpm_core": json.dumps(metadata)})
+    loaded = load_checkpoint(tmp_path / "old.safetensors").model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())

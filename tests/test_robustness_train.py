@@ -39,7 +39,7 @@ pytestmark = needs_mnist
 FLAGS = ["--subset", "256", *TINY_FLAGS]
 
 
-def _train(out: Path, *extra: str) -> list[str]:
+def train_argv(out: Path, *extra: str) -> list[str]:
     return ["train", "--out", str(out), *FLAGS, *extra]
 
 
@@ -54,7 +54,7 @@ def _recommended(output: str) -> list[str]:
 def three_epochs(tmp_path_factory) -> Path:
     """A finished three-epoch run of the tiny network, made by the command line."""
     folder = tmp_path_factory.mktemp("three_epochs") / "run"
-    assert main(_train(folder, "--epochs", "3")) == 0
+    assert main(train_argv(folder, "--epochs", "3")) == 0
     return folder
 
 
@@ -73,7 +73,7 @@ def test_a_refused_run_deletes_no_temporary_file_not_even_its_own(run3, capsys):
     (run3 / ".ddpm_core-model.safetensors.k2j4.tmp").write_bytes(b"half a file")
     (run3 / "epochs" / ".ddpm_core-epoch_004.safetensors.x8a.tmp").write_bytes(b"half a file")
     before = folder_hashes(run3)
-    code, output = run_cli(_train(run3, "--epochs", "3"), capsys)
+    code, output = run_cli(train_argv(run3, "--epochs", "3"), capsys)
     assert_clean_failure(code, output, 2, "already holds a training run", "Pass --resume", "nothing was overwritten")
     assert folder_hashes(run3) == before
 
@@ -86,7 +86,7 @@ def test_an_accepted_run_deletes_only_the_packages_own_temporaries(run3, capsys)
         path.write_bytes(b"half a file")
     kept = {name: value for name, value in folder_hashes(run3).items()
             if name.startswith("epochs/epoch_") or name == ".notes.tmp"}
-    code, output = run_cli(_train(run3, "--epochs", "4", "--resume"), capsys)
+    code, output = run_cli(train_argv(run3, "--epochs", "4", "--resume"), capsys)
     assert code == 0, output
     assert not any(path.exists() for path in own)
     assert {name: folder_hashes(run3)[name] for name in kept} == kept
@@ -99,7 +99,7 @@ def test_a_new_run_keeps_a_users_hidden_tmp_file(tmp_path, capsys):
     (out / "epochs").mkdir()  # a first checkpoint killed mid-write leaves only the package's own temporary
     (out / "epochs" / ".ddpm_core-epoch_001.safetensors.x8a.tmp").write_bytes(b"half a file")
     before = digest(out / ".notes.tmp")
-    code, output = run_cli(_train(out, "--epochs", "1"), capsys)
+    code, output = run_cli(train_argv(out, "--epochs", "1"), capsys)
     assert code == 0, output
     assert digest(out / ".notes.tmp") == before
     assert not (out / "epochs" / ".ddpm_core-epoch_001.safetensors.x8a.tmp").exists()
@@ -112,14 +112,14 @@ def test_a_new_run_refuses_a_folder_holding_another_runs_epochs(run3, tmp_path, 
     (run3 / "model.safetensors").rename(tmp_path / "moved.safetensors")
     (run3 / "resume.pt").unlink()
     before = folder_hashes(run3)
-    code, output = run_cli(_train(run3, "--epochs", "1"), capsys)
+    code, output = run_cli(train_argv(run3, "--epochs", "1"), capsys)
     assert_clean_failure(code, output, 2, str(run3), "epochs/ (3 files)", "resume.pt is missing",
                          "cannot be continued", "epoch_003.safetensors", "another --out folder",
                          "move those files out", "nothing was overwritten")
     assert folder_hashes(run3) == before
     # Its advice, followed: with the old epochs moved away, the same command starts a new run there.
     (run3 / "epochs").rename(tmp_path / "old_epochs")
-    code, output = run_cli(_train(run3, "--epochs", "1"), capsys)
+    code, output = run_cli(train_argv(run3, "--epochs", "1"), capsys)
     assert code == 0, output
     assert sorted(p.name for p in (run3 / "epochs").iterdir()) == ["epoch_001.safetensors"]
 
@@ -141,7 +141,7 @@ def test_weights_without_a_resume_state_get_the_same_true_answer_with_or_without
                                                                                        tmp_path, capsys):
     _break_resume(run_copy, how)
     before = folder_hashes(run_copy)
-    argv = _train(run_copy, "--epochs", "2", *(["--resume"] if resume else []))
+    argv = train_argv(run_copy, "--epochs", "2", *(["--resume"] if resume else []))
     if how == "fifo":  # in a child with a deadline: a process that opened the pipe would wait for a writer forever
         child = subprocess.run([*DDPM, *argv], cwd=REPO, env=child_env(), capture_output=True, text=True,
                                timeout=120)
@@ -163,9 +163,9 @@ def test_weights_without_a_resume_state_get_the_same_true_answer_with_or_without
 
 def test_resume_into_a_folder_without_any_run_says_to_drop_resume_and_that_works(tmp_path, capsys):
     out = tmp_path / "run"
-    code, output = run_cli(_train(out, "--epochs", "1", "--resume"), capsys)
+    code, output = run_cli(train_argv(out, "--epochs", "1", "--resume"), capsys)
     assert_clean_failure(code, output, 2, "Nothing to resume", "resume.pt is missing", "Drop --resume")
-    code, output = run_cli(_train(out, "--epochs", "1"), capsys)
+    code, output = run_cli(train_argv(out, "--epochs", "1"), capsys)
     assert code == 0, output
 
 
@@ -191,7 +191,7 @@ def test_a_full_disk_before_the_first_checkpoint_recommends_a_command_that_works
                                                                                  monkeypatch):
     out = tmp_path / "run"
     _disk_fills_after(monkeypatch, good_writes)
-    code, output = run_cli(_train(out, "--epochs", "2"), capsys)
+    code, output = run_cli(train_argv(out, "--epochs", "2"), capsys)
     assert_clean_failure(code, output, 2, "disk is full", "nothing to continue", "start again with `")
     command = _recommended(output)
     assert "--resume" not in command
@@ -204,10 +204,10 @@ def test_a_full_disk_before_the_first_checkpoint_recommends_a_command_that_works
 
 def test_a_full_disk_after_an_epoch_recommends_a_resume_that_works(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    assert run_cli(_train(out, "--epochs", "1"), capsys)[0] == 0
+    assert run_cli(train_argv(out, "--epochs", "1"), capsys)[0] == 0
     before = folder_hashes(out)
     _disk_fills_after(monkeypatch, 0)
-    code, output = run_cli(_train(out, "--epochs", "2", "--resume"), capsys)
+    code, output = run_cli(train_argv(out, "--epochs", "2", "--resume"), capsys)
     assert_clean_failure(code, output, 2, "disk is full", "(epoch 1) is intact", "continue with `")
     assert folder_hashes(out) == before
     command = _recommended(output)
@@ -221,7 +221,7 @@ def test_ctrl_c_after_a_cut_short_first_checkpoint_says_to_move_its_files(tmp_pa
     out = tmp_path / "run"
     (out / "epochs").mkdir(parents=True)
     (out / "epochs" / "epoch_001.safetensors").write_bytes(b"weights")  # killed before resume.pt was written
-    argv = _train(out, "--epochs", "2", "--resume")
+    argv = train_argv(out, "--epochs", "2", "--resume")
     message = _interrupted(Namespace(command="train", out=out, epochs=2), argv)
     assert "epochs/ (1 file)" in message and "move those out of it" in message
     assert "--resume" not in message  # nothing can be resumed: the advice starts again
@@ -257,11 +257,11 @@ def test_the_subset_advice_works(tmp_path, capsys, monkeypatch):
 
 def test_resuming_with_fewer_epochs_than_the_run_has_is_refused(run3, capsys):
     before = folder_hashes(run3)
-    code, output = run_cli(_train(run3, "--epochs", "2", "--resume"), capsys)
+    code, output = run_cli(train_argv(run3, "--epochs", "2", "--resume"), capsys)
     assert_clean_failure(code, output, 2, "already has 3 epochs", "--epochs 2", "at least 3", "--epochs 4 or more")
     assert "epoch 3/2" not in output and "trained" not in output
     assert folder_hashes(run3) == before
-    code, output = run_cli(_train(run3, "--epochs", "4", "--resume"), capsys)
+    code, output = run_cli(train_argv(run3, "--epochs", "4", "--resume"), capsys)
     assert code == 0, output
     assert "trained 4 epochs" in output
 
@@ -271,30 +271,30 @@ def test_resuming_with_fewer_epochs_than_the_run_has_is_refused(run3, capsys):
 
 def test_a_conditional_run_resumed_without_conditional_says_add_conditional(tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_cli(_train(out, "--epochs", "1", "--conditional"), capsys)[0] == 0
+    assert run_cli(train_argv(out, "--epochs", "1", "--conditional"), capsys)[0] == 0
     before = folder_hashes(out)
-    code, output = run_cli(_train(out, "--epochs", "2", "--resume"), capsys)
+    code, output = run_cli(train_argv(out, "--epochs", "2", "--resume"), capsys)
     assert_clean_failure(code, output, 2, f"The run in {out}", "conditional network (10 classes)",
                          "add --conditional")
     assert "{" not in output  # no raw configuration dictionaries
     assert folder_hashes(out) == before
-    code, output = run_cli(_train(out, "--epochs", "2", "--resume", "--conditional"), capsys)
+    code, output = run_cli(train_argv(out, "--epochs", "2", "--resume", "--conditional"), capsys)
     assert code == 0, output
 
 
 def test_an_unconditional_run_resumed_with_conditional_says_drop_it(run3, capsys):
-    code, output = run_cli(_train(run3, "--epochs", "4", "--resume", "--conditional"), capsys)
+    code, output = run_cli(train_argv(run3, "--epochs", "4", "--resume", "--conditional"), capsys)
     assert_clean_failure(code, output, 2, "unconditional network", "drop --conditional")
     assert "{" not in output
 
 
 def test_other_architecture_fields_are_named_with_both_values_and_the_flag(run3, capsys):
-    code, output = run_cli([*_train(run3, "--epochs", "4", "--resume"), "--channels", "8,8,8", "--attention", "7"],
+    code, output = run_cli([*train_argv(run3, "--epochs", "4", "--resume"), "--channels", "8,8,8", "--attention", "7"],
                            capsys)
     assert_clean_failure(code, output, 2, "channels 8,8,16 in the run, 8,8,8 asked: pass --channels 8,8,16",
                          "attention none in the run, 7 asked: pass --attention none")
     assert "{" not in output
-    code, output = run_cli([*_train(run3, "--epochs", "4", "--resume"), "--channels", "8,8,16", "--attention",
+    code, output = run_cli([*train_argv(run3, "--epochs", "4", "--resume"), "--channels", "8,8,16", "--attention",
                             "none"], capsys)
     assert code == 0, output
 
@@ -315,11 +315,11 @@ def _tiny_step_bytes(batch: int) -> int:
 def test_a_batch_that_does_not_fit_is_refused_with_a_batch_size_that_does(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ddpm_core.memory, "available_memory", lambda device: _tiny_step_bytes(100))
     out = tmp_path / "run"
-    code, output = run_cli([*_train(out, "--epochs", "1"), "--batch-size", "256"], capsys)
+    code, output = run_cli([*train_argv(out, "--epochs", "1"), "--batch-size", "256"], capsys)
     assert_clean_failure(code, output, 2, "--batch-size 256 needs about", "per image", "are free",
                          "Pass --batch-size 64 or less")
     assert RunFolder(out).run_files() == []
-    code, output = run_cli([*_train(out, "--epochs", "1"), "--batch-size", "64"], capsys)  # with the same memory
+    code, output = run_cli([*train_argv(out, "--epochs", "1"), "--batch-size", "64"], capsys)  # with the same memory
     assert code == 0, output
 
 
