@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO
 
 
@@ -12,6 +14,7 @@ def run_module(*args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_sampling_benchmark_prints_every_row():
     out = run_module("benchmarks.sampling", "--quick", "--no-diffusers")
     for row in ("bare network calls x 20", "ours, DDPM-20 (sample)", "ours, DDIM-5 (eta=0)"):
@@ -22,6 +25,7 @@ def test_sampling_benchmark_prints_every_row():
         assert "keeping freed memory:" in out
 
 
+@pytest.mark.slow
 def test_training_benchmark_prints_every_variant():
     out = run_module("benchmarks.train_throughput", "--quick", "--no-diffusers", "--threads", "1")
     assert "GFLOP per training step" in out
@@ -33,6 +37,7 @@ def test_training_benchmark_prints_every_variant():
         assert "channels_last fp32, glibc default allocation" in out
 
 
+@pytest.mark.slow
 def test_sampling_benchmark_refuses_a_step_count_that_contradicts_the_checkpoint():
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.sampling", "--checkpoint", "book/checkpoints/ddpm_mnist.safetensors",
@@ -43,6 +48,7 @@ def test_sampling_benchmark_refuses_a_step_count_that_contradicts_the_checkpoint
     assert "differs from the checkpoint's T=1000" in result.stderr
 
 
+@pytest.mark.slow
 def test_recipe_cost_benchmark_times_every_candidate_at_the_same_parameter_count():
     from ablations.candidates import CANDIDATES
 

@@ -17,6 +17,7 @@ def checkpoint(tmp_path):
     return tmp_path / "model.safetensors"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_loads_with_its_schedule_and_metadata(checkpoint):
     loaded = load_checkpoint(checkpoint)
     assert loaded.model.config == TINY_CONFIG

@@ -95,6 +95,7 @@ def test_classifier_file_with_wrong_layers_is_refused(tmp_path):
         load_classifier(path)
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_train_classifier_writes_a_file_that_loads_with_its_metadata(tmp_path):
     images, labels = load_mnist(train=True, subset=256, download=False)

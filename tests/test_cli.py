@@ -12,6 +12,7 @@ from ddpm_core.cli import main
 from tests.helpers import REPO, needs_mnist
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_train_then_sample_from_the_command_line(tmp_path):
     run = tmp_path / "run"
@@ -33,7 +34,7 @@ def test_train_then_sample_from_the_command_line(tmp_path):
     "argv, message",
     [
         (["train", "--epochs", "0"], "--epochs: expected a positive integer, got 0"),
-        (["train", "--batch-size", "-4"], "--batch-size: expected a positive integer, got -4"),
+        (["train", "--batch-size", "-4"], "--batch-size: expected a batch size from 1 to 60,000, got -4"),
         (["train", "--device", "tpu"], "unknown device 'tpu'"),
         (["sample", "--checkpoint", "x", "--num-samples", "0", "--out", "a.png"],
          "expected a number of samples from 1 to 100,000, got 0"),
@@ -58,6 +59,7 @@ def test_a_missing_checkpoint_exits_with_status_2(tmp_path, capsys):
     assert "No checkpoint at" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_evaluate_prints_the_metrics_table_for_a_tiny_run(tmp_path, capsys):
     from ddpm_core import TrainConfig, train

@@ -236,6 +236,7 @@ def test_p_uncond_needs_conditional(capsys):
     assert "--p-uncond applies only to a conditional network" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_conditional_scores_read_real_digits_as_asked_and_as_varied_as_real():
     from ddpm_core import load_mnist
@@ -284,6 +285,7 @@ def test_the_committed_conditional_model_is_the_book_recipe_with_labels():
     assert metadata["epoch"] == 15 and len(metadata["loss_history"]) == 15
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_evaluate_asks_a_conditional_model_for_every_digit(conditional_run, capsys):
     assert main(["evaluate", "--checkpoint", str(conditional_run), "--num-samples", "20", "--sampler", "ddim",

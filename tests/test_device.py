@@ -50,6 +50,7 @@ def probe(setting: str) -> tuple[bool, float, float]:
     return on == "True", float(faults), float(checksum)
 
 
+@pytest.mark.slow
 @glibc_only
 def test_keeping_freed_memory_removes_the_page_faults_of_a_forward_pass():
     on, faults_on, checksum_on = probe("1")
@@ -60,6 +61,7 @@ def test_keeping_freed_memory_removes_the_page_faults_of_a_forward_pass():
     assert checksum_on == checksum_off  # where memory comes from never changes a value
 
 
+@pytest.mark.slow
 @glibc_only
 def test_keep_freed_memory_can_be_switched_off_and_on_in_one_process():
     code = """

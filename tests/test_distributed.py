@@ -96,6 +96,7 @@ def assert_same_training(a, b) -> None:
     assert torch.quantile(gaps, 0.99).item() < BULK and gaps.max().item() < WORST, (gaps.max(), gaps.quantile(0.99))
 
 
+@pytest.mark.slow
 def test_two_processes_train_to_the_weights_of_one(tmp_path):
     run_processes(tmp_path / "ddp")
     train(tmp_path / "one", CONFIG, TINY_CONFIG, device="cpu", images=images(), progress=False, noise_shards=2)
@@ -111,6 +112,7 @@ def test_two_processes_train_to_the_weights_of_one(tmp_path):
     assert torch.quantile(other, 0.99).item() > 10 * BULK
 
 
+@pytest.mark.slow
 def test_a_run_started_on_two_processes_resumes_on_one(tmp_path):
     one_epoch = dataclasses.replace(CONFIG, epochs=1, lr_decay="constant")  # constant: resumable with more epochs
     two_epochs = dataclasses.replace(CONFIG, lr_decay="constant")
@@ -128,6 +130,7 @@ def test_a_batch_the_processes_cannot_split_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_process_that_dies_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     codes = run_processes(out, die_at=6)  # 4 steps per epoch: rank 1 dies at step 2 of epoch 2
@@ -138,6 +141,7 @@ def test_a_process_that_dies_stops_the_run_and_keeps_the_last_checkpoint(tmp_pat
     assert load_checkpoint(out).metadata["epoch"] == 1  # loadable, and the finished epoch's
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_torchrun_trains_from_the_command_line_and_sample_reads_its_checkpoint(tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")

@@ -40,6 +40,7 @@ def tiny_checkpoint(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_the_exported_graph_matches_pytorch_at_every_batch_size(tiny_checkpoint, tmp_path):
     report = export_onnx(tiny_checkpoint, tmp_path / "tiny.onnx")
     assert report.max_abs_difference < 1e-4
@@ -70,6 +71,7 @@ def test_a_graph_that_disagrees_is_refused_and_earlier_files_survive(tiny_checkp
     assert out.read_bytes() == b"an earlier export" and not out.with_suffix(".json").exists()
 
 
+@pytest.mark.slow
 def test_the_comparison_sees_a_wrong_graph(tiny_checkpoint):
     model = load_checkpoint(tiny_checkpoint).model
     other = tiny_model(seed=1)  # the graph of other weights
@@ -77,6 +79,7 @@ def test_the_comparison_sees_a_wrong_graph(tiny_checkpoint):
     assert compare_with_torch(model, graph, (1, 28, 28), 20) > 1e-2
 
 
+@pytest.mark.slow
 def test_the_command_line_exports_and_refuses_bad_input(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "live" / "model.onnx"
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--seeds", "3"]) == 0

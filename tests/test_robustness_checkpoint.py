@@ -9,13 +9,22 @@ import hashlib
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
 
 from ddpm_core.checkpoint import load_checkpoint, read_safetensors_header
-from tests.helpers import CLASSIFIER, REPO, assert_clean_failure, rewrite, run_cli, stored_metadata
+from tests.helpers import (
+    CLASSIFIER,
+    REPO,
+    assert_clean_failure,
+    digest,
+    rewrite,
+    run_cli,
+    stored_metadata,
+)
 
 BOOK_CHECKPOINTS = sorted((REPO / "book" / "checkpoints").glob("*.safetensors"))
 COMMANDS = ["sample", "evaluate", "export"]
@@ -324,3 +333,89 @@ def test_the_committed_checkpoint_loads_raw_and_ema_weights():
     raw, ema = load_checkpoint(path), load_checkpoint(path, use_ema=True)
     assert raw.metadata == ema.metadata and raw.metadata["has_ema"]
     assert any((a != b).any() for a, b in zip(raw.model.parameters(), ema.model.parameters(), strict=True))
+
+
+# Moved from the command-line robustness tests ----------------------------------------
+
+
+def test_the_classifier_command_does_not_overwrite_an_existing_file(run_copy, capsys):
+    from ddpm_core.classifier import main as classifier_main
+
+    target = run_copy / "model.safetensors"
+    before = digest(target)
+    code = classifier_main(["--out", str(target), "--epochs", "1", "--no-progress"])
+    assert_clean_failure(code, "".join(capsys.readouterr()), 2, "already exists", "nothing was overwritten",
+                         "--force")
+    assert digest(target) == before
+
+
+def test_a_wrong_classifier_file_hints_at_a_new_path_only(run_copy, capsys):
+    checkpoint = run_copy / "model.safetensors"
+    before = digest(checkpoint)
+    code, output = run_cli(["evaluate", "--checkpoint", str(run_copy), "--classifier", str(checkpoint),
+                            "--num-samples", "2", "--sampler", "ddim", "--steps", "2", "--no-progress"], capsys)
+    assert_clean_failure(code, output, 2, "not an MNIST classifier", "python -m ddpm_core.classifier --out ")
+    hinted = Path(output.split("python -m ddpm_core.classifier --out ")[1].split("`")[0])
+    assert not hinted.exists() and hinted != checkpoint
+    assert digest(checkpoint) == before
+
+
+def test_a_huge_network_in_the_metadata_is_refused_before_any_allocation(tiny_run, tmp_path, capsys):
+    metadata = stored_metadata(tiny_run / "model.safetensors")
+    metadata["model_config"]["channels"] = [65536, 65536, 65536]
+    huge = rewrite(tiny_run / "model.safetensors", tmp_path / "huge.safetensors", metadata)
+    started = time.monotonic()
+    code, output = run_cli(["sample", "--checkpoint", str(huge), "--out", str(tmp_path / "g.png"), "--sampler", "ddim",
+                            "--steps", "2", "--num-samples", "2", "--no-progress"], capsys)
+    assert_clean_failure(code, output, 2, str(huge), "architecture it names is refused", "1024")
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_the_classifier_passed_as_checkpoint_is_named(command, tmp_path, capsys):
+    argv = [command, "--checkpoint", str(CLASSIFIER), "--no-progress"]
+    argv += ["--out", str(tmp_path / "g.png")] if command == "sample" else []
+    code, output = run_cli(argv, capsys)
+    assert_clean_failure(code, output, 2, "is the MNIST classifier", "not a diffusion model", "--classifier")
+
+
+def _metadata_variants(metadata: dict) -> dict[str, tuple[str, list[str]]]:
+    """name -> (raw JSON text, key words of the message)."""
+    def with_config(**changes):
+        return json.dumps({**metadata, "model_config": {**metadata["model_config"], **changes}})
+
+    lacking = {k: v for k, v in metadata.items() if k != "model_config"}
+    misspelt = {**metadata["model_config"]}
+    misspelt["chanels"] = misspelt.pop("channels")
+    return {
+        "not-json": ("{'format': 1", ["not valid JSON"]),
+        "a-list": ("[1, 2, 3]", ["JSON list, not an object"]),
+        "no-model-config": (json.dumps(lacking), ["model_config is missing"]),
+        "extra-key": (with_config(depth=3), ["unknown keys ['depth']"]),
+        "misspelt-key": (json.dumps({**metadata, "model_config": misspelt}), ["unknown keys ['chanels']"]),
+        "wrong-type": (with_config(channels="8,8,16"), ["model_config['channels'] must be a list"]),
+        "bool-for-int": (with_config(num_groups=True), ["model_config['num_groups'] must be a whole number"]),
+        "schedule-type": (json.dumps({**metadata, "schedule": {"num_steps": "20"}}), ["num_steps must be"]),
+        "unknown-format": (json.dumps({**metadata, "format": "ddpm_core/99"}), ["'ddpm_core/99'", "does not know"]),
+    }
+
+
+@pytest.mark.parametrize("variant", list(_metadata_variants({"model_config": {"channels": []}})))
+def test_unusable_metadata_is_explained(variant, tiny_run, tmp_path, capsys):
+    raw, words = _metadata_variants(stored_metadata(tiny_run / "model.safetensors"))[variant]
+    bad = rewrite(tiny_run / "model.safetensors", tmp_path / "bad.safetensors", raw=raw)
+    out = tmp_path / "g.png"
+    code, output = run_cli(["sample", "--checkpoint", str(bad), "--out", str(out), "--sampler", "ddim", "--steps",
+                            "2", "--num-samples", "2", "--no-progress"], capsys)
+    assert_clean_failure(code, output, 2, str(bad), *words)
+    assert not out.exists()
+
+
+def test_a_schedule_other_than_the_training_one_is_warned_about(tiny_run, tmp_path, capsys):
+    metadata = stored_metadata(tiny_run / "model.safetensors")
+    metadata["schedule"]["num_steps"] = 10
+    edited = rewrite(tiny_run / "model.safetensors", tmp_path / "edited.safetensors", metadata)
+    code, output = run_cli(["sample", "--checkpoint", str(edited), "--out", str(tmp_path / "g.npy"), "--sampler",
+                            "ddim", "--steps", "2", "--num-samples", "2", "--no-progress"], capsys)
+    assert code == 0 and "Traceback" not in output
+    assert "warning: The schedule in" in output and "num_steps 10 (trained with 20)" in output

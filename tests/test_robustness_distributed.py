@@ -103,6 +103,7 @@ def test_unusable_launch_variables_are_refused_before_the_run_folder_is_touched(
     assert not out.exists()  # no lock, no folder: refused up front
 
 
+@pytest.mark.slow
 def test_a_malformed_rank_ends_a_real_process_with_one_paragraph_and_status_2(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run([*DDPM, "train", "--out", str(out), *TINY_FLAGS], cwd=REPO, env=launch_env(RANK="abc"),
@@ -134,6 +135,7 @@ def test_a_plain_process_and_torchrun_ranks_are_read_as_such(monkeypatch):
 # 2. A parallel run needs the address where its processes meet ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_parallel_process_without_master_address_says_what_is_missing_and_how_torchrun_sets_it(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run([*DDPM, "train", "--out", str(out), *TINY_FLAGS], cwd=REPO,
@@ -149,6 +151,7 @@ def test_a_parallel_process_without_master_address_says_what_is_missing_and_how_
 # 3. A process whose peers never come stops after DDPM_RENDEZVOUS_TIMEOUT, saying who is missing --------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank, words", [
     ("0", ["waiting up to", "for the other process to join at 127.0.0.1:", "Only 1 of the 2 processes joined",
            "missing: RANK 1", "RANK=1", "DDPM_RENDEZVOUS_TIMEOUT"]),
@@ -176,6 +179,7 @@ def test_a_process_whose_peers_never_join_stops_after_the_rendezvous_timeout(ran
 # 4. Under torchrun, a refusal that every process meets is printed once -------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options, words", [
     ([], ["already holds a training run", "--resume"]),
     (["--lr", "-1"], ["expected a positive number", "--lr"]),
@@ -201,6 +205,7 @@ def test_a_refused_torchrun_launch_prints_its_message_once(options, words, run_c
 # 5. When torchrun loses a process, rank 0 says which, what is saved and how to continue ----------------------
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_a_killed_process_is_reported_once_and_the_last_checkpoint_resumes(tmp_path):
     out = tmp_path / "run"

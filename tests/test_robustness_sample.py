@@ -11,7 +11,13 @@ import torch
 
 from ddpm_core import TrainConfig, train
 from ddpm_core.unet import UNetConfig
-from tests.helpers import assert_clean_failure, digest, folder_hashes, run_cli
+from tests.helpers import (
+    assert_clean_failure,
+    digest,
+    folder_hashes,
+    rewrite,
+    run_cli,
+)
 
 
 def sample_argv(run: Path, out: Path, *flags: str) -> list[str]:
@@ -136,7 +142,7 @@ def test_guidance_zero_draws_unconditional_samples_from_a_conditional_model(cond
 def test_a_conditional_model_asked_for_nothing_gets_advice_that_works(conditional_run, tmp_path, capsys):
     out = tmp_path / "s.png"
     code, output = run_cli(sample_argv(conditional_run, out, "--guidance", "2"), capsys)
-    assert_clean_failure(code, output, 2, "conditional model", "--label 7", "--guidance 0 instead")
+    assert_clean_failure(code, output, 2, "conditional model", "--label/--labels", "--guidance 0 instead")
     code, output = run_cli(sample_argv(conditional_run, out, "--guidance", "0"), capsys)  # the advice, followed
     assert code == 0, output
 
@@ -163,3 +169,49 @@ def test_evaluate_with_an_unusable_classifier_stops_before_sampling(tiny_run, tm
     code, output = run_cli(["evaluate", "--checkpoint", str(tiny_run), "--num-samples", "4", "--no-progress",
                             "--classifier", str(tmp_path / "judge.safetensors")], capsys)
     assert_clean_failure(code, output, 2, str(tmp_path / "judge.safetensors"))
+
+
+# Moved from the command-line robustness tests ----------------------------------------
+
+
+@pytest.mark.parametrize("scale", [float("nan"), 1e15], ids=["nan-weights", "weights-times-1e15"])
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_non_finite_samples_stop_with_status_1_and_write_nothing(command, scale, tiny_run, tmp_path, capsys):
+    broken = rewrite(tiny_run / "model.safetensors", tmp_path / "broken.safetensors", scale=scale)
+    out = tmp_path / "grid.png"
+    argv = [command, "--checkpoint", str(broken), "--num-samples", "4", "--sampler", "ddim", "--steps", "3",
+            "--no-progress"] + (["--out", str(out)] if command == "sample" else [])
+    code, output = run_cli(argv, capsys)
+    assert_clean_failure(code, output, 1, str(broken), "non-finite values", "nothing was written")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["a-folder", "under-a-file", "unwritable"])
+def test_sample_output_that_cannot_be_written_is_refused_before_sampling(where, tiny_run, tmp_path, capsys):
+    if where == "a-folder":
+        out = tmp_path / "grid.png"
+        out.mkdir()
+        words = ["is a folder"]
+    elif where == "under-a-file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "grid.png"
+        words = ["is a file, not a folder"]
+    else:
+        out, words = Path("/sys/grid.png"), ["not writable"]
+    code, output = run_cli(["sample", "--checkpoint", str(tiny_run), "--out", str(out), "--no-progress"], capsys)
+    assert_clean_failure(code, output, 2, str(out), *words)
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+@pytest.mark.parametrize("flags", [["--steps", "5"], ["--eta", "0.5"]])
+def test_ddim_options_without_the_ddim_sampler_are_refused(command, flags, tiny_run, tmp_path, capsys):
+    argv = [command, "--checkpoint", str(tiny_run), *flags]
+    argv += ["--out", str(tmp_path / "g.png")] if command == "sample" else []
+    code, output = run_cli(argv, capsys)
+    assert_clean_failure(code, output, 2, f"{flags[0]} applies only to the DDIM sampler", "--sampler ddim")
+
+
+def test_ema_on_a_run_without_ema_speaks_to_the_command_line(tiny_run, tmp_path, capsys):
+    code, output = run_cli(["sample", "--checkpoint", str(tiny_run), "--ema", "--out", str(tmp_path / "g.png")],
+                           capsys)
+    assert_clean_failure(code, output, 2, "has no EMA weights", "Sample without --ema", "--ema-decay")

@@ -5,11 +5,14 @@ Each test runs the tiny network on 256 MNIST images, so an epoch takes a second 
 """
 
 import errno
+import fractions
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -18,14 +21,16 @@ import torch
 
 import ddpm_core.checkpoint
 import ddpm_core.training
+from ddpm_core import TrainConfig, train
 from ddpm_core.cli import _interrupted, main
+from ddpm_core.lock import RunLock
 from ddpm_core.memory import MEMORY_MARGIN, MEMORY_OVERHEAD, activation_bytes_per_image
-from ddpm_core.recipe import TrainConfig
 from ddpm_core.run_folder import RunFolder
 from ddpm_core.unet import UNet, UNetConfig
 from tests.helpers import (
     DDPM,
     REPO,
+    TINY_CONFIG,
     TINY_FLAGS,
     assert_clean_failure,
     child_env,
@@ -33,6 +38,7 @@ from tests.helpers import (
     folder_hashes,
     needs_mnist,
     run_cli,
+    wait_for,
 )
 
 pytestmark = needs_mnist
@@ -68,6 +74,7 @@ def run3(three_epochs, tmp_path) -> Path:
 # 1. Temporary files ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_refused_run_deletes_no_temporary_file_not_even_its_own(run3, capsys):
     (run3 / ".notes.tmp").write_text("a user's notes")
     (run3 / ".ddpm_core-model.safetensors.k2j4.tmp").write_bytes(b"half a file")
@@ -135,6 +142,7 @@ def _break_resume(folder: Path, how: str) -> None:
         os.mkfifo(folder / "resume.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resume", [False, True], ids=["new-run", "resume"])
 @pytest.mark.parametrize("how", ["missing", "folder", "fifo"])
 def test_weights_without_a_resume_state_get_the_same_true_answer_with_or_without_resume(how, resume, run_copy,
@@ -161,6 +169,7 @@ def test_weights_without_a_resume_state_get_the_same_true_answer_with_or_without
         assert code == 0, output
 
 
+@pytest.mark.slow
 def test_resume_into_a_folder_without_any_run_says_to_drop_resume_and_that_works(tmp_path, capsys):
     out = tmp_path / "run"
     code, output = run_cli(train_argv(out, "--epochs", "1", "--resume"), capsys)
@@ -186,6 +195,7 @@ def _disk_fills_after(monkeypatch, good_writes: int) -> None:
     monkeypatch.setattr(ddpm_core.checkpoint, "save_file", save_file)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("good_writes", [0, 1], ids=["epoch-file", "model-file"])
 def test_a_full_disk_before_the_first_checkpoint_recommends_a_command_that_works(good_writes, tmp_path, capsys,
                                                                                  monkeypatch):
@@ -202,6 +212,7 @@ def test_a_full_disk_before_the_first_checkpoint_recommends_a_command_that_works
     assert code == 0, output
 
 
+@pytest.mark.slow
 def test_a_full_disk_after_an_epoch_recommends_a_resume_that_works(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert run_cli(train_argv(out, "--epochs", "1"), capsys)[0] == 0
@@ -237,6 +248,7 @@ def test_a_subset_larger_than_the_training_set_is_refused_with_its_size(tmp_path
     assert RunFolder(out).run_files() == []
 
 
+@pytest.mark.slow
 def test_the_subset_advice_works(tmp_path, capsys, monkeypatch):
     real = ddpm_core.training.load_mnist
 
@@ -255,6 +267,7 @@ def test_the_subset_advice_works(tmp_path, capsys, monkeypatch):
 # 6. Fewer epochs than the run has ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resuming_with_fewer_epochs_than_the_run_has_is_refused(run3, capsys):
     before = folder_hashes(run3)
     code, output = run_cli(train_argv(run3, "--epochs", "2", "--resume"), capsys)
@@ -269,6 +282,7 @@ def test_resuming_with_fewer_epochs_than_the_run_has_is_refused(run3, capsys):
 # 7. Another architecture on --resume ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_conditional_run_resumed_without_conditional_says_add_conditional(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(train_argv(out, "--epochs", "1", "--conditional"), capsys)[0] == 0
@@ -288,6 +302,7 @@ def test_an_unconditional_run_resumed_with_conditional_says_drop_it(run3, capsys
     assert "{" not in output
 
 
+@pytest.mark.slow
 def test_other_architecture_fields_are_named_with_both_values_and_the_flag(run3, capsys):
     code, output = run_cli([*train_argv(run3, "--epochs", "4", "--resume"), "--channels", "8,8,8", "--attention", "7"],
                            capsys)
@@ -312,6 +327,7 @@ def _tiny_step_bytes(batch: int) -> int:
     return int(fixed + per_image * batch)
 
 
+@pytest.mark.slow
 def test_a_batch_that_does_not_fit_is_refused_with_a_batch_size_that_does(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ddpm_core.memory, "available_memory", lambda device: _tiny_step_bytes(100))
     out = tmp_path / "run"
@@ -323,6 +339,7 @@ def test_a_batch_that_does_not_fit_is_refused_with_a_batch_size_that_does(tmp_pa
     assert code == 0, output
 
 
+@pytest.mark.slow
 def test_a_batch_of_all_of_mnist_is_refused_before_any_allocation(tmp_path, capsys):
     if (ddpm_core.memory.available_memory(torch.device("cpu")) or 0) > 300e9:
         pytest.skip("this machine has the memory a 60,000-image batch of the default network needs")
@@ -333,3 +350,126 @@ def test_a_batch_of_all_of_mnist_is_refused_before_any_allocation(tmp_path, caps
                          "Pass --batch-size")
     assert "alloc" not in output.lower()
     assert RunFolder(out).run_files() == []
+
+
+# Moved from the command-line robustness tests ----------------------------------------
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_a_second_run_into_a_locked_folder_exits_2_at_once_and_changes_nothing(tmp_path):
+    out = tmp_path / "run"
+    argv = [*DDPM, "train", "--out", str(out), "--subset", "256", "--epochs", "500", *TINY_FLAGS]
+    first = subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: (out / "resume.pt").is_file() or first.poll() is not None, what="the first epoch")
+        assert first.poll() is None, first.stderr.read().decode()
+        first.send_signal(signal.SIGSTOP)  # freeze it, so the folder's files hold still
+        before = folder_hashes(out)
+        started = time.monotonic()
+        second = subprocess.run(argv, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+        assert_clean_failure(second.returncode, second.stdout + second.stderr, 2, str(out), f"process {first.pid}",
+                             "in use")
+        assert time.monotonic() - started < 60  # it did not wait for the lock, nor train
+        assert folder_hashes(out) == before
+    finally:
+        first.kill()  # SIGKILL: no clean-up code runs, only the kernel releases the lock
+        first.wait()
+    # No stale lock: the next run into the folder goes ahead (and clears any half-written temporary file).
+    third = subprocess.run([*argv[:-len(TINY_FLAGS) - 2], "--epochs", "1", "--resume", *TINY_FLAGS], cwd=REPO,
+                           env=child_env(), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_the_lock_names_its_holder_and_is_free_again_after_release(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(Exception, match=rf"{tmp_path} is in use: process {os.getpid()} is training"):
+            RunLock(tmp_path).acquire()
+    RunLock(tmp_path).acquire().release()
+
+
+def _resume_variants(state_path: Path) -> dict[str, bytes]:
+    good = state_path.read_bytes()
+    state = torch.load(state_path, weights_only=True)
+    variants = {"empty": b"", "truncated": good[: len(good) // 2], "garbage": os.urandom(4096)}
+    for name, content in (("missing-keys", {k: v for k, v in state.items() if k != "optimizer"}),
+                          ("not-weights-only", {**state, "epoch": fractions.Fraction(1, 3)})):
+        path = state_path.with_name(name)
+        torch.save(content, path)
+        variants[name] = path.read_bytes()
+        path.unlink()
+    return variants
+
+
+@needs_mnist
+@pytest.mark.parametrize("variant", ["empty", "truncated", "garbage", "missing-keys", "not-weights-only"])
+def test_an_unusable_resume_state_is_explained_and_left_alone(variant, run_copy, capsys):
+    state_path = run_copy / "resume.pt"
+    state_path.write_bytes(_resume_variants(state_path)[variant])
+    before = folder_hashes(run_copy)
+    code, output = run_cli(["train", "--out", str(run_copy), "--resume", "--epochs", "2", "--subset", "64",
+                            "--no-progress"], capsys)
+    words = {"empty": "empty", "truncated": "truncated or corrupt", "garbage": "truncated or corrupt",
+             "missing-keys": "lacks optimizer", "not-weights-only": "objects other than tensors"}[variant]
+    assert_clean_failure(code, output, 2, str(state_path), "cannot be used", words)
+    assert "weights_only" not in output
+    assert folder_hashes(run_copy) == before
+
+
+def test_train_into_an_existing_file_is_refused_before_any_work(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    code, output = run_cli(["train", "--out", str(target), "--epochs", "1"], capsys)
+    assert_clean_failure(code, output, 2, str(target), "existing file", "Nothing was written")
+    assert target.read_text() == "keep me"
+
+
+def test_train_into_an_unwritable_place_is_refused_before_any_work(capsys):
+    place = Path("/sys/ddpm-core-run")  # sysfs refuses new folders even to root
+    code, output = run_cli(["train", "--out", str(place), "--epochs", "1"], capsys)
+    assert_clean_failure(code, output, 2, str(place), "not writable")
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_go_on(tmp_path, capsys, monkeypatch):
+    import ddpm_core.checkpoint
+
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--subset", "128", *TINY_FLAGS]
+    assert run_cli([*argv, "--epochs", "1"], capsys)[0] == 0
+    before = folder_hashes(out)
+
+    def no_space(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 1000)  # a part was written when the disk filled up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ddpm_core.checkpoint, "save_file", no_space)
+    code, output = run_cli([*argv, "--epochs", "2", "--resume"], capsys)
+    assert_clean_failure(code, output, 2, "disk is full", "MB were needed", "(epoch 1) is intact",
+                         f"--out {out}", "--resume`")
+    assert folder_hashes(out) == before
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_a_diverged_first_epoch_does_not_suggest_resume(tmp_path):
+    from ddpm_core import DDPMError
+
+    images = torch.full((32, 1, 28, 28), float("nan"))
+    with pytest.raises(DDPMError) as info:
+        train(tmp_path, TrainConfig(epochs=1, batch_size=32, num_steps=20), TINY_CONFIG, images=images,
+              device="cpu", progress=False)
+    message = str(info.value)
+    assert "Nothing was saved" in message and "lower learning rate" in message
+    assert "continue with --resume" not in message
+
+
+def test_leftover_temporary_files_are_removed_by_the_next_run(run_copy):
+    leftovers = [run_copy / ".ddpm_core-resume.pt.k2j4h1.tmp",
+                 run_copy / "epochs" / ".ddpm_core-epoch_002.safetensors.x8a.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a file")
+    train(run_copy, TrainConfig(epochs=1, batch_size=32, num_steps=20, ema_decay=None), TINY_CONFIG, resume=True,
+          images=torch.zeros(32, 1, 28, 28), device="cpu", progress=False)
+    assert not any(path.exists() for path in leftovers)

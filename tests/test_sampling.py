@@ -9,12 +9,14 @@ from ddpm_core.seeds import SeedBatches, Trajectory
 from tests.helpers import tiny_model, tiny_schedule
 
 
+@pytest.mark.slow
 def test_sample_returns_one_image_per_seed():
     images, trajectory = sample(tiny_model(), tiny_schedule(), num_samples=3, progress=False)
     assert images.shape == (3, 1, 28, 28)
     assert trajectory is None
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_samples_bit_for_bit():
     a, _ = sample(tiny_model(), tiny_schedule(), num_samples=4, seed=7, progress=False)
     b, _ = sample(tiny_model(), tiny_schedule(), num_samples=4, seed=7, progress=False)
@@ -23,12 +25,14 @@ def test_same_seed_gives_the_same_samples_bit_for_bit():
     assert not torch.allclose(a, c)
 
 
+@pytest.mark.slow
 def test_a_sample_depends_on_its_own_seed_not_on_its_batch():
     batched, _ = sample(tiny_model(), tiny_schedule(), seeds=[3, 4, 5], progress=False)
     alone, _ = sample(tiny_model(), tiny_schedule(), seeds=[4], progress=False)
     assert torch.allclose(batched[1], alone[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_noise_scale_zero_removes_the_fresh_noise():
     model, schedule = tiny_model(), tiny_schedule()
     images, _ = sample(model, schedule, seeds=[0], noise_scale=0.0, progress=False)
@@ -44,12 +48,14 @@ def test_noise_scale_zero_removes_the_fresh_noise():
     assert not torch.allclose(noisy, images, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_variance_choice_changes_the_samples():
     beta, _ = sample(tiny_model(), tiny_schedule(), seeds=[1], variance="beta", progress=False)
     posterior, _ = sample(tiny_model(), tiny_schedule(), seeds=[1], variance="posterior", progress=False)
     assert not torch.allclose(beta, posterior)
 
 
+@pytest.mark.slow
 def test_trajectory_captures_xt_and_predicted_x0_at_chosen_timesteps():
     schedule = tiny_schedule()
     images, trajectory = sample(tiny_model(), schedule, num_samples=2, capture=[0, 20, 10, 5], progress=False)

@@ -57,6 +57,7 @@ def test_q_sample_is_the_closed_form_with_alpha_bar_from_the_betas(schedule, t):
     torch.testing.assert_close(xt, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_iterating_the_chain_matches_the_closed_form():
     schedule = NoiseSchedule()
     generator = torch.Generator().manual_seed(0)

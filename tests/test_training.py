@@ -24,6 +24,7 @@ def synthetic_images(n: int = 96, seed: int = 0) -> torch.Tensor:
     return torch.rand((n, 1, 28, 28), generator=generator) * 2 - 1
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_loss_falls_on_a_small_mnist_subset(tmp_path):
     images, _ = load_mnist(train=True, subset=512)
@@ -34,6 +35,7 @@ def test_loss_falls_on_a_small_mnist_subset(tmp_path):
     assert result.loss_history[-1] < 0.75 * result.loss_history[0]
 
 
+@pytest.mark.slow
 def test_two_epochs_straight_equal_one_epoch_then_resume(tmp_path):
     images = synthetic_images()
     config = replace(QUICK, ema_decay=0.9, warmup_steps=0)
@@ -47,6 +49,7 @@ def test_two_epochs_straight_equal_one_epoch_then_resume(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_cosine_run_interrupted_in_epoch_2_resumes_to_the_same_weights(tmp_path, monkeypatch):
     import ddpm_core.training as training
 
@@ -140,6 +143,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_a_killed_run_leaves_a_loadable_last_checkpoint(tmp_path):
     out = tmp_path / "run"
