@@ -65,7 +65,7 @@ MUTANTS = (
     Mutant("unet-skip", "the UNet's skip connections carry zeros", "ddpm_core/unet.py",
            "torch.cat([h, skips.pop()], dim=1)", "torch.cat([h, torch.zeros_like(skips.pop())], dim=1)",
            ("tests/test_unet.py",), "book/03_unet.ipynb"),
-    Mutant("ema-1-minus-decay", "the EMA moves by decay instead of 1 - decay", "ddpm_core/training.py",
+    Mutant("ema-1-minus-decay", "the EMA moves by decay instead of 1 - decay", "ddpm_core/recipe.py",
            "ema_state[name].lerp_(value, 1.0 - decay)", "ema_state[name].lerp_(value, decay)",
            ("tests/test_training.py",), "book/07_sharp_digits.ipynb"),
     Mutant("frechet-no-trace", "the Frechet distance without its trace term", "ddpm_core/metrics.py",
@@ -77,10 +77,8 @@ MUTANTS = (
     Mutant("trajectory-late", "the trajectory records x_{t-1} as x_t: one step late", "ddpm_core/sampling.py",
            "            if batch.captures(t):\n"
            "                batch.record(t, x, schedule.predict_x0(x, t, eps_pred))\n"
-           "            z = batch.noise() if t > 1 and noise_scale > 0 else None  # line 3\n"
-           "            x = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # line 4\n",
-           "            z = batch.noise() if t > 1 and noise_scale > 0 else None  # line 3\n"
-           "            x_next = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # line 4\n"
+           "            x = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # 4: x_{t-1}\n",
+           "            x_next = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # 4: x_{t-1}\n"
            "            if batch.captures(t):\n"
            "                batch.record(t, x_next, schedule.predict_x0(x, t, eps_pred))\n"
            "            x = x_next\n",
