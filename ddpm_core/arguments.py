@@ -21,24 +21,23 @@ MAX_NOISE_SCALE = 2.0  # the fresh noise of Algorithm 2 scaled by more than 2 dr
 MAX_EXPORT_SEEDS = 10_000  # x_T of 10,000 seeds is a 42 MB JSON file; the live panel reads 32
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def at_least(low: int, what: str) -> Callable[[str], int]:
+    """A whole number of at least ``low``; ``what`` names it in the message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
+positive_int = at_least(1, "a positive integer")
+non_negative_int = at_least(0, "a whole number, 0 or more")
 
 
 def bounded_int(low: int, high: int, what: str, hint: str = "") -> Callable[[str], int]:
