@@ -44,17 +44,18 @@ def train_step(
 ) -> Tensor:
     """Lines 3 to 5 of Algorithm 1 on one batch x0 (line 2), (B, C, H, W) in [-1, 1].
 
-    t, eps (and the dropped labels of a conditional network) come from ``generators``: the run's
-    generator, or one per noise shard of the batch (see ``draw_t_and_noise``). Returns L_simple of the batch, the mean
-    of the per-image losses; if it is not finite, no step is taken and the weights stay as they were.
+    t and eps come from ``generators``: the run's generator, or one per noise shard
+    (see ``draw_t_and_noise``). Returns L_simple of the batch, the mean of the
+    per-image losses; if it is not finite, no step is taken.
     """
-    null_label = getattr(model, "null_label", None)
-    t, eps, labels = draw_t_and_noise(schedule, x0, generators, labels, null_label, p_uncond)  # 3 and 4
-    losses = per_sample_loss(model, schedule, x0, t, eps, labels)  # 5: the squared error
+    null = getattr(model, "null_label", None)  # "no class", for a conditional network
+    # 3: t ~ U{1..T} and 4: eps ~ N(0, I)
+    t, eps, labels = draw_t_and_noise(schedule, x0, generators, labels, null, p_uncond)
+    losses = per_sample_loss(model, schedule, x0, t, eps, labels)  # 5: squared error
     loss = losses.mean()  # L_simple, eq. (14)
     if not torch.isfinite(loss):
         return loss
-    weighted = losses if weights is None else weights(t) * losses  # w(t) = 1 is Algorithm 1 exactly
+    weighted = losses if weights is None else weights(t) * losses  # w(t) = 1: Alg. 1
     optimizer.zero_grad(set_to_none=True)
     weighted.mean().backward()  # 5: grad_theta of the loss
     optimizer.step()  # 5: the gradient descent step
@@ -69,31 +70,43 @@ def draw_t_and_noise(
     null_label: int | None = None,
     p_uncond: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Lines 3 and 4 of Algorithm 1 for a batch: t ~ U{1..T}, eps ~ N(0, I), and the dropped labels.
+    """Lines 3 and 4 of Algorithm 1 for a batch: t ~ U{1..T}, eps ~ N(0, I).
 
-    The batch is cut into ``len(generators)`` equal parts (``tensor_split``), each drawn from its own
-    generator in the order t, eps, labels: one part for a single process, and under torchrun the
-    parts of the global batch this process holds (see ``ddpm_core.distributed``). The draws are made
-    on the CPU, so a run gives the same numbers on every device, and moved to ``x0``'s device.
+    The batch is cut into ``len(generators)`` equal parts, each drawn from its own
+    generator in the order t, eps, labels: one part for a single process, and under
+    torchrun the parts of the global batch this process holds (``distributed.py``).
+    The draws are made on the CPU, so a run gives the same numbers on every device.
     """
-    generators = [generators] if isinstance(generators, torch.Generator) else list(generators)
-    label_parts = labels.tensor_split(len(generators)) if labels is not None else [None] * len(generators)
+    if isinstance(generators, torch.Generator):
+        generators = [generators]
+    parts = len(generators)
+    label_parts = labels.tensor_split(parts) if labels is not None else [None] * parts
     ts, noises, dropped = [], [], []
-    for generator, x, part_labels in zip(generators, x0.tensor_split(len(generators)), label_parts, strict=True):
-        ts.append(torch.randint(1, schedule.num_steps + 1, (x.shape[0],), generator=generator))  # 3: t ~ U{1..T}
+    batch_parts = zip(generators, x0.tensor_split(parts), label_parts, strict=True)
+    for generator, x, part_labels in batch_parts:
+        t = torch.randint(1, schedule.num_steps + 1, (x.shape[0],), generator=generator)
+        ts.append(t)  # 3: t ~ U{1..T}
         noises.append(torch.randn(x.shape, generator=generator))  # 4: eps ~ N(0, I)
-        if part_labels is not None:  # classifier-free guidance: some images train the "no class" prediction
-            dropped.append(drop_labels(part_labels.cpu(), null_label, p_uncond, generator))
+        if part_labels is not None:  # some images learn the "no class" prediction
+            part_labels = part_labels.cpu()
+            dropped.append(drop_labels(part_labels, null_label, p_uncond, generator))
     device = x0.device
     labels = torch.cat(dropped).to(device) if labels is not None else None
     return torch.cat(ts).to(device), torch.cat(noises).to(device), labels
 
 
 def per_sample_loss(
-    model: NoisePredictor, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor, labels: Tensor | None = None
+    model: NoisePredictor,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    labels: Tensor | None = None,
 ) -> Tensor:
-    """|| eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2 of each image, averaged over
-    its pixels: shape (B,). Its mean is L_simple. ``labels`` (B,) go to a conditional network."""
+    """The squared error of each image, averaged over its pixels: shape (B,). Its mean
+    is L_simple, the mean over the batch of
+    || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2.
+    ``labels`` (B,) go to a conditional network."""
     xt = schedule.q_sample(x0, t, noise)  # eq. (4)
     eps_pred = model(xt, t) if labels is None else model(xt, t, labels)
     return (eps_pred.float() - noise).square().flatten(1).mean(1)

@@ -144,25 +144,33 @@ def update_ema(ema_state: dict[str, Tensor], model: torch.nn.Module, config: Tra
 
 
 class RecipeHooks:
-    """The recipe around each step of ``optimizer``: the learning rate and clipping before it, the EMA after.
+    """The recipe around each optimiser step: learning rate, clipping; then the EMA.
 
     ``step`` counts the optimiser steps of the run (0-based; set it when a run resumes).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, config: TrainConfig,
-                 total_steps: int, ema_state: dict[str, Tensor] | None = None, step: int = 0) -> None:
-        self.model, self.config, self.total_steps, self.ema_state, self.step = (
-            model, config, total_steps, ema_state, step)
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: torch.nn.Module,
+        config: TrainConfig,
+        total_steps: int,
+        ema_state: dict[str, Tensor] | None = None,
+        step: int = 0,
+    ) -> None:
+        self.model, self.config, self.total_steps = model, config, total_steps
+        self.ema_state, self.step = ema_state, step
         self._handles = [optimizer.register_step_pre_hook(self._before_step),
                          optimizer.register_step_post_hook(self._after_step)]
 
-    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _before_step(self, optimizer: torch.optim.Optimizer, *args: Any) -> None:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step, self.total_steps)
         if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            clip = self.config.grad_clip
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
 
-    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _after_step(self, optimizer: torch.optim.Optimizer, *args: Any) -> None:
         if self.ema_state is not None:
             update_ema(self.ema_state, self.model, self.config, self.step)
         self.step += 1

@@ -73,18 +73,20 @@ def ddpm_step(
         xt: the batch x_t, (B, C, H, W).
         eps_pred: eps_theta(x_t, t) for that batch.
         t: the current timestep, 1..T.
-        noise: z ~ N(0, I) shaped like ``xt``; needed for t > 1 unless ``noise_scale`` is 0.
-        variance: sigma_t^2 = beta_t ("beta") or the posterior variance beta_tilde_t ("posterior").
+        noise: z ~ N(0, I) shaped like ``xt``; needed for t > 1 unless ``noise_scale``
+            is 0.
+        variance: sigma_t^2 = beta_t ("beta") or the posterior variance beta_tilde_t
+            ("posterior").
         noise_scale: multiplies z; 1.0 is Algorithm 2, 0.0 removes the fresh noise.
 
     Returns:
         x_{t-1}, (B, C, H, W).
     """
-    # 1. alpha_t = 1 - beta_t and alpha_bar_t = alpha_1 ... alpha_t (Ho et al. 2020, eq. (4))
+    # 1. alpha_t = 1 - beta_t and alpha_bar_t = alpha_1 ... alpha_t (eq. (4))
     alpha = schedule.alphas[t - 1].item()
     beta = schedule.betas[t - 1].item()
     alpha_bar = schedule.alpha_bars[t - 1].item()
-    # 2. the mean of p_theta(x_{t-1} | x_t), the posterior mean written with eps_theta: eq. (11)
+    # 2. the mean of p_theta(x_{t-1} | x_t): the posterior mean with eps_theta, eq. (11)
     x_prev = (xt - beta / (1.0 - alpha_bar) ** 0.5 * eps_pred) / alpha**0.5
     if t == 1 or noise_scale == 0:
         return x_prev  # Algorithm 2, line 3: z = 0 at the last step
@@ -92,38 +94,44 @@ def ddpm_step(
     sigmas_sq = schedule.betas if variance == "beta" else schedule.posterior_variance
     sigma = sigmas_sq[t - 1].item() ** 0.5
     if noise is None:
-        raise DDPMError(f"The DDPM step at t={t} adds sigma_t z and needs noise z; pass noise=torch.randn_like(xt).")
+        raise DDPMError(f"The DDPM step at t={t} adds sigma_t z and needs noise z; "
+                        f"pass noise=torch.randn_like(xt).")
     # 4. add the fresh noise sigma_t z: Algorithm 2, line 4
     return x_prev + noise_scale * sigma * noise
 
 
 @torch.no_grad()
 def sample(
-    model: NoisePredictor, schedule: NoiseSchedule, num_samples: int | None = None, seed: int = 0,
-    seeds: Sequence[int] | None = None, variance: str = "beta", noise_scale: float = 1.0,
+    model: NoisePredictor, schedule: NoiseSchedule,
+    num_samples: int | None = None, seed: int = 0, seeds: Sequence[int] | None = None,
+    variance: str = "beta", noise_scale: float = 1.0,
     capture: Iterable[int] | None = None, progress: bool = True, batch_size: int = 64,
-    image_shape: tuple[int, ...] | None = None, labels: Labels = None, guidance: float = 1.0,
+    image_shape: tuple[int, ...] | None = None,
+    labels: Labels = None, guidance: float = 1.0,
 ) -> tuple[Tensor, Trajectory | None]:
-    """Generate images with the full T-step ancestral sampler: Algorithm 2 of Ho et al. 2020.
+    """The full T-step ancestral sampler: Algorithm 2 of Ho et al. 2020.
 
-    Sample i starts from seed ``seed + i`` (or ``seeds[i]``; see ``ddpm_core.seeds``). Returns the
-    samples x_0, (N, C, H, W), unclipped, and the ``Trajectory`` of the ``capture`` timesteps (or None).
-    ``variance`` and ``noise_scale`` are those of ``ddpm_step``; ``labels`` and ``guidance`` ask a
-    conditional model for classes (``guided_eps``); ``batch_size`` and ``progress`` change no result.
+    Sample i starts from seed ``seed + i`` (or ``seeds[i]``; see ``ddpm_core.seeds``).
+    Returns the samples x_0, (N, C, H, W), unclipped, and the ``Trajectory`` of the
+    ``capture`` timesteps (or None). ``variance`` and ``noise_scale`` are those of
+    ``ddpm_step``; ``labels`` and ``guidance`` ask a conditional model for classes.
     """
     _check_ddpm_arguments(variance, noise_scale)
     device, image_shape = prepare_model(model, image_shape)
-    batches = SeedBatches(num_samples, seed, seeds, capture, schedule.num_steps, image_shape, device,
-                          batch_size=batch_size, progress=progress)
-    batches.set_labels(sampling_labels(getattr(model, "null_label", None), labels, guidance, len(batches.seeds)))
+    batches = SeedBatches(num_samples, seed, seeds, capture, schedule.num_steps,
+                          image_shape, device, batch_size=batch_size, progress=progress)
+    num_classes = getattr(model, "null_label", None)
+    labels = sampling_labels(num_classes, labels, guidance, len(batches.seeds))
+    batches.set_labels(labels)
     for batch in batches:
         x = batch.noise()  # 1: x_T ~ N(0, I)
         for t in range(schedule.num_steps, 0, -1):  # 2: for t = T, ..., 1
-            z = batch.noise() if t > 1 and noise_scale > 0 else None  # 3: z ~ N(0, I) if t > 1, else z = 0
-            eps_pred = guided_eps(model, x, batch.timestep(t), batch.labels, guidance)  # eps_theta(x_t, t)
+            # 3: z ~ N(0, I) if t > 1, else z = 0
+            z = batch.noise() if t > 1 and noise_scale > 0 else None
+            eps_pred = guided_eps(model, x, batch.timestep(t), batch.labels, guidance)
             if batch.captures(t):
                 batch.record(t, x, schedule.predict_x0(x, t, eps_pred))
-            x = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # 4: x_{t-1}
+            x = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # 4
             batch.advance()
         batch.finish(x)  # 6: return x_0
     return batches.result()
