@@ -490,7 +490,7 @@ def _check_launch() -> None:
 def _stopped_by_torchrun(args: argparse.Namespace, argv: list[str], ranks) -> str:
     """Rank 0's line when torchrun ends it: which process ended, if known, what is saved and how to go on."""
     from ddpm_core import distributed
-    from ddpm_core.training import saved_epoch
+    from ddpm_core.run_folder import RunFolder
 
     lost = distributed.stopped_peers()
     if lost:
@@ -500,7 +500,7 @@ def _stopped_by_torchrun(args: argparse.Namespace, argv: list[str], ranks) -> st
     else:
         cause = ("torchrun stopped this process (SIGTERM), as it does when another process of the run has ended or "
                  "when torchrun itself is stopped; its report below names the process that failed")
-    epoch = saved_epoch(args.out)
+    epoch = RunFolder(args.out).saved_epoch()
     options = [*argv, "--resume"] if epoch is not None and "--resume" not in argv else argv
     nodes = ranks.world_size // ranks.local_world_size
     launcher = ["torchrun", "--nproc-per-node", str(ranks.local_world_size)]

@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 from ddpm_core import distributed
 from ddpm_core.errors import DDPMError
-from ddpm_core.run_folder import LOCK_FILE as LOCK_FILE  # the lock's name, kept here for older code
 from ddpm_core.run_folder import RunFolder
 
 F = TypeVar("F", bound=Callable[..., Any])

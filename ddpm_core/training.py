@@ -151,11 +151,6 @@ def train(
             distributed.stop()
 
 
-def saved_epoch(out_dir: str | Path) -> int | None:
-    """The epoch that ``resume=True`` would continue from in ``out_dir``, or None if there is none."""
-    return RunFolder(out_dir).saved_epoch()
-
-
 def _train_in_folder(
     out_dir: Path,
     config: TrainConfig,

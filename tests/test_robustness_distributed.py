@@ -21,7 +21,7 @@ import pytest
 
 from ddpm_core import distributed
 from ddpm_core.errors import DDPMError
-from ddpm_core.training import saved_epoch
+from ddpm_core.run_folder import RunFolder
 from tests.helpers import DDPM, REPO, TINY_FLAGS, child_env, folder_hashes, needs_mnist, run_cli, wait_for
 
 LAUNCH = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
@@ -223,7 +223,7 @@ def test_a_killed_process_is_reported_once_and_the_last_checkpoint_resumes(tmp_p
         while folder_hashes(out) != before:  # an epoch's files were still being written
             before = folder_hashes(out)
             time.sleep(0.5)
-        epoch = saved_epoch(out)
+        epoch = RunFolder(out).saved_epoch()
         os.kill(victim, signal.SIGKILL)
         output, _ = agent.communicate(timeout=120)
     finally:
@@ -256,4 +256,4 @@ def test_a_killed_process_is_reported_once_and_the_last_checkpoint_resumes(tmp_p
     command[command.index("--epochs") + 1] = str(epoch + 1)
     resumed = subprocess.run(command, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert saved_epoch(out) == epoch + 1
+    assert RunFolder(out).saved_epoch() == epoch + 1

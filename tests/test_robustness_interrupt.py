@@ -63,6 +63,7 @@ def test_ctrl_c_during_train_says_what_was_saved_and_how_to_resume(when, tmp_pat
 
 
 @pytest.mark.slow
+@needs_mnist  # evaluate reads MNIST before it samples
 @pytest.mark.parametrize("command", ["sample", "evaluate"])
 def test_ctrl_c_during_sampling_exits_130_with_one_line(command, slow_run, tmp_path):
     err, out = tmp_path / "stderr.txt", tmp_path / "grid.png"
