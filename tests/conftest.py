@@ -132,3 +132,19 @@ def run_copy(tiny_run, tmp_path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def classifier():
+    """The packaged MNIST judge, loaded once for the whole session."""
+    from ddpm_core.classifier import load_classifier
+
+    return load_classifier()
+
+
+@pytest.fixture(scope="session")
+def mnist_test() -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST's 10,000 test images in [-1, 1] and their labels (tests that use it are marked needs_mnist)."""
+    from ddpm_core import load_mnist
+
+    return load_mnist(train=False, download=False)

@@ -22,13 +22,8 @@ from tests.helpers import needs_mnist
 
 
 @pytest.fixture(scope="module")
-def classifier() -> MNISTClassifier:
-    return load_classifier()
-
-
-@pytest.fixture(scope="module")
-def test_slice() -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = load_mnist(train=False, download=False)
+def test_slice(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = mnist_test
     return images[:2000], labels[:2000]
 
 

@@ -238,16 +238,14 @@ def test_p_uncond_needs_conditional(capsys):
 
 @pytest.mark.slow
 @needs_mnist
-def test_conditional_scores_read_real_digits_as_asked_and_as_varied_as_real():
-    from ddpm_core import load_mnist
-    from ddpm_core.classifier import load_classifier
+def test_conditional_scores_read_real_digits_as_asked_and_as_varied_as_real(mnist_test, classifier):
     from ddpm_core.metrics import conditional_scores
 
-    images, labels = load_mnist(train=False)
+    images, labels = mnist_test
     keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     samples, requested = images[keep[:300]], labels[keep[:300]]
     real, real_labels = images[keep[300:]], labels[keep[300:]]
-    judge = load_classifier()
+    judge = classifier
     honest = conditional_scores(samples, requested, real, real_labels, judge)
     assert honest["accuracy"] > 0.97 and honest["confident_fraction"] > 0.9
     assert 0.8 < honest["diversity_mean"] < 1.25  # real digits are as varied as real digits

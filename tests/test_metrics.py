@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ddpm_core.classifier import MNISTClassifier, load_classifier, predict_features, predict_logits
+from ddpm_core.classifier import MNISTClassifier, predict_features, predict_logits
 from ddpm_core.data import load_mnist
 from ddpm_core.errors import DDPMError
 from ddpm_core.metrics import (
@@ -26,14 +26,9 @@ from tests.helpers import needs_mnist
 
 
 @pytest.fixture(scope="module")
-def classifier() -> MNISTClassifier:
-    return load_classifier()
-
-
-@pytest.fixture(scope="module")
-def test_images() -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = load_mnist(train=False, subset=2000, download=False)
-    return images, labels
+def test_images(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = mnist_test
+    return images[:2000], labels[:2000]
 
 
 @pytest.fixture(scope="module")
