@@ -46,8 +46,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks._common import positive_int, print_table
 from ddpm_core.device import device_description, keep_freed_memory, resolve_device
 from ddpm_core.errors import DDPMError
-from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.objective import per_sample_loss
+from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.unet import UNet, count_parameters
 
 LR = 2e-4  # as in TrainConfig
