@@ -17,7 +17,8 @@ from ddpm_core.unet import UNetConfig
 
 TRAIN_KEYS = ("lr", "warmup_steps", "lr_decay", "grad_clip", "ema_decay", "ema_warmup", "loss_weighting",
               "min_snr_gamma")
-MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init")
+MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init", "num_groups", "dropout",
+              "prediction")
 # The reference recipe of ddpm_core.recipe with the book's network.
 REFERENCE: dict[str, Any] = {**{key: getattr(recipe.REFERENCE, key) for key in TRAIN_KEYS},
                              **{key: getattr(UNetConfig(), key) for key in MODEL_KEYS}}
@@ -37,6 +38,33 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "tuned_minsnr_lr2e-3": {"what": "tuned + min-SNR-5 loss weighting, peak lr 2e-3",
                             "recipe": {**TUNED, "loss_weighting": "min_snr", "lr": 2e-3}},
     "tuned_zero": {"what": "tuned + zero-initialised last convolutions", "recipe": {**TUNED, "zero_init": True}},
+}
+
+# Round two starts from the book's recipe (the winner of round one) and changes one thing at a time:
+# the network's layout at no more parameters, and the objective. Scored as round one was.
+BOOK = {**TUNED, "loss_weighting": "min_snr", "lr": 2e-3}
+ROUND_TWO: dict[str, dict[str, Any]] = {
+    "book": {"what": "the book's recipe (tuned + min-SNR-5, peak lr 2e-3)", "recipe": BOOK},
+    "gamma1": {"what": "min-SNR with gamma 1", "recipe": {**BOOK, "min_snr_gamma": 1.0}},
+    "gamma2": {"what": "min-SNR with gamma 2", "recipe": {**BOOK, "min_snr_gamma": 2.0}},
+    "gamma10": {"what": "min-SNR with gamma 10", "recipe": {**BOOK, "min_snr_gamma": 10.0}},
+    "attn7": {"what": "self-attention after both 7x7 blocks (widths 32,40,40, embedding 80)",
+              "recipe": {**BOOK, **ATTENTION}},
+    "attn14": {"what": "self-attention after both 14x14 blocks (widths 32,40,40, embedding 80)",
+               "recipe": {**BOOK, **ATTENTION, "attention": (14,)}},
+    "zero": {"what": "zero-initialised residual branches and output convolution",
+             "recipe": {**BOOK, "zero_init": True}},
+    # A strided 3x3 convolution has weights, max pooling none: the first level narrows to pay for them.
+    "strided": {"what": "strided 3x3 convolutions instead of max pooling (widths 24,32,48)",
+                "recipe": {**BOOK, "downsample": "conv", "channels": (24, 32, 48)}},
+    "v": {"what": "the network predicts v (min-SNR weights: the same loss, another parametrisation)",
+          "recipe": {**BOOK, "prediction": "v"}},
+    "x0": {"what": "the network predicts x_0 (min-SNR weights: the same loss, another parametrisation)",
+           "recipe": {**BOOK, "prediction": "x0"}},
+    "dropout": {"what": "dropout 0.1 in every residual block", "recipe": {**BOOK, "dropout": 0.1}},
+    "groups4": {"what": "GroupNorm with 4 groups instead of 8", "recipe": {**BOOK, "num_groups": 4}},
+    "groups16": {"what": "GroupNorm with 16 groups instead of 8", "recipe": {**BOOK, "num_groups": 16}},
+    "two_levels": {"what": "two levels, 28x28 and 14x14 (widths 32,56)", "recipe": {**BOOK, "channels": (32, 56)}},
 }
 
 

@@ -6,6 +6,7 @@ to the same length), then sampled with DDIM-100 (eta 0) from its raw and its EMA
 weights. Results go to a JSON file, one entry per run, with the exact command.
 
     python -m ablations.screen --epochs 2 --out runs/screen --results ablations/screen_2ep.json
+    python -m ablations.screen --round 2 --epochs 2 --out runs/screen2 --results ablations/screen_round2.json
 
 A run whose folder already holds ``epochs`` epochs is not trained again.
 """
@@ -20,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ablations.candidates import CANDIDATES, recipe_of, train_command, train_flags
+from ablations.candidates import CANDIDATES, ROUND_TWO, recipe_of, train_command, train_flags
 
 
 def _trained_epochs(folder: Path) -> int:
@@ -31,9 +32,10 @@ def _trained_epochs(folder: Path) -> int:
 
 
 def _parameters(model_config: dict) -> int:
+    from ddpm_core.schedule import NoiseSchedule
     from ddpm_core.unet import UNet, UNetConfig, count_parameters
 
-    return count_parameters(UNet(UNetConfig.from_dict(model_config)))
+    return count_parameters(UNet(UNetConfig.from_dict(model_config), NoiseSchedule().alpha_bars))
 
 
 def score(weights: Path, use_ema: bool, num_samples: int, seed: int, sampler: str, steps: int) -> dict:
@@ -50,18 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/screen"))
     parser.add_argument("--results", type=Path, required=True)
+    parser.add_argument("--round", type=int, choices=(1, 2), default=1,
+                        help="1: the recipes of round one; 2: the layouts and objectives of round two")
     parser.add_argument("--only", default=None, help="comma-separated candidate names (default: all)")
     parser.add_argument("--num-samples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=100_000, help="first sampling seed (unrelated to the book's)")
     parser.add_argument("--steps", type=int, default=100, help="DDIM steps for scoring")
     args = parser.parse_args(argv)
 
-    names = args.only.split(",") if args.only else list(CANDIDATES)
+    candidates = CANDIDATES if args.round == 1 else ROUND_TWO
+    names = args.only.split(",") if args.only else list(candidates)
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     for name in names:
         folder = args.out / name
         command = [sys.executable, "-m", "ddpm_core", "train", "--epochs", str(args.epochs), "--out", str(folder),
-                   "--seed", "0", "--no-progress", *train_flags(CANDIDATES[name]["recipe"])]
+                   "--seed", "0", "--no-progress", *train_flags(candidates[name]["recipe"])]
         if _trained_epochs(folder) < args.epochs:
             resume = ["--resume"] if (folder / "resume.pt").is_file() else []
             print(f"[{time.strftime('%H:%M:%S')}] training {name}: {shlex.join(command[1:])}", flush=True)
@@ -73,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         entry = {
             # Rebuilt from what the checkpoint says the run did, with every setting spelled out.
             "command": train_command(recipe_of(meta["train_config"], meta["model_config"]), args.epochs,
-                                     f"runs/screen/{name}"),
-            "what": CANDIDATES[name]["what"],
+                                     f"{args.out}/{name}"),
+            "what": candidates[name]["what"],
             "epochs": args.epochs,
             "loss_history": meta["loss_history"],
             "wall_time_s": meta["wall_time_s"],

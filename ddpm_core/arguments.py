@@ -105,6 +105,7 @@ def float_in(low: float, high: float, what: str) -> Callable[[str], float]:
 
 guidance_weight = float_in(0.0, MAX_GUIDANCE, "a guidance weight w")
 noise_scale = float_in(0.0, MAX_NOISE_SCALE, "a noise scale")
+dropout_rate = float_in(0.0, 0.9, "a dropout rate")
 
 
 def fraction(strict: bool) -> Callable[[str], float]:

@@ -30,7 +30,7 @@ import pickle
 import stat
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +387,8 @@ _CONFIG_CHECKS = {
     "attention": (lambda v: isinstance(v, (list, tuple)) and all(_is_int(r) for r in v), "a list of whole numbers"),
     "downsample": (lambda v: isinstance(v, str), "a string"),
     "zero_init": (lambda v: isinstance(v, bool), "true or false"),
+    "dropout": (lambda v: _is_number(v), "a number"),
+    "prediction": (lambda v: isinstance(v, str), "a string"),
     "num_classes": (lambda v: v is None or _is_int(v), "a whole number or null"),
 }
 
@@ -473,7 +475,8 @@ def _shape_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple
 
 def _expected_shapes(config: UNetConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in UNet(config).state_dict().items()}
+        # The weights' shapes do not depend on what the network predicts.
+        return {k: tuple(v.shape) for k, v in UNet(replace(config, prediction="eps")).state_dict().items()}
 
 
 def _check_tensors(path: Path, header: SafetensorsHeader, config: UNetConfig, use_ema: bool) -> None:
@@ -545,7 +548,7 @@ def load_checkpoint(
             state = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(EMA_PREFIX) == use_ema}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise _corrupt(path, error) from None
-    model = UNet(config)
+    model = UNet(config, schedule.alpha_bars)
     model.load_state_dict(state)
     # Channels-last activations are measurably faster for these small convolutions on the CPU.
     memory_format = torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format

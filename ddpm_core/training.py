@@ -174,7 +174,7 @@ def _train_in_folder(
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
 
     torch.manual_seed(config.seed)  # the initial weights, the same in every process
-    model = UNet(model_config).to(device=device, memory_format=memory_format)
+    model = UNet(model_config, schedule.alpha_bars).to(device=device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     state = load_resume_state(folder.resume) if resume else None
     noise_shards = int(state.get("noise_shards", 1)) if state is not None else noise_shards or ranks.world_size

@@ -23,6 +23,12 @@ self-attention after the blocks of chosen resolutions (as Ho et al. do at
 initialisation of each residual branch's last convolution. The default uses
 none of them and has exactly 324,705 trainable parameters.
 
+``prediction`` chooses what the last convolution predicts: the noise eps (Ho et al.), the
+velocity v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans and Ho 2022), or x_0
+itself. Whatever it predicts, ``forward`` converts it to eps with the schedule's alpha_bar_t, so
+the loss and the samplers see eps_theta in every case; only what the network has to represent
+changes. With min-SNR weights the three losses are then one and the same (Hang et al. 2023).
+
 ``num_classes`` makes the network conditional, eps_theta(x_t, t, y), for
 classifier-free guidance (Ho and Salimans 2022): a learned embedding of the
 class label y is added to the timestep embedding, so every residual block reads
@@ -35,20 +41,22 @@ the unconditional eps_theta(x_t, t) together.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 DOWNSAMPLES = ("maxpool", "conv")
+PREDICTIONS = ("eps", "v", "x0")
 # Far beyond any network that fits 28x28 digits, far below what would exhaust a machine's memory.
 MAX_WIDTH = 1024
 MAX_EMBED_DIM = 4096
 MAX_PARAMETERS = 50_000_000
 MAX_CLASSES = 1000
 # What a stored configuration without these fields meant: the network before they were added.
-LEGACY_DEFAULTS = {"attention": (), "downsample": "maxpool", "zero_init": False, "num_classes": None}
+LEGACY_DEFAULTS = {"attention": (), "downsample": "maxpool", "zero_init": False, "num_classes": None,
+                   "dropout": 0.0, "prediction": "eps"}
 # Weights whose name changed, as (old, new) parts of the name: files written before keep loading.
 LEGACY_NAMES = ((".pool.", ".halve."),)
 
@@ -74,7 +82,8 @@ class UNetConfig:
     time_freq_dim: int = 16  # number of sinusoidal features of t (8 frequencies, sin and cos)
     time_embed_dim: int = field(default=64, metadata={
         "help": "width of the MLP that turns the sinusoidal features of t into the embedding", "parse": "positive_int"})
-    num_groups: int = 8  # GroupNorm groups; must divide every width above
+    num_groups: int = field(default=8, metadata={
+        "help": "GroupNorm's groups; must divide every width", "parse": "positive_int"})
     attention: tuple[int, ...] = field(default=(), metadata={
         "help": "resolutions whose blocks are followed by self-attention, e.g. 7 or 7,14, or none",
         "parse": "resolution_list"})
@@ -82,6 +91,12 @@ class UNetConfig:
         "help": "maxpool (no weights) or conv (3x3, stride 2)", "choices": DOWNSAMPLES})
     zero_init: bool = field(default=False, metadata={
         "help": "start each residual branch and the output convolution at zero"})
+    dropout: float = field(default=0.0, metadata={
+        "help": "dropout rate before each residual block's second convolution (Ho et al. use 0.1)",
+        "parse": "dropout_rate"})
+    prediction: str = field(default="eps", metadata={
+        "help": "what the last convolution predicts: eps, v or x0 (the network still returns eps)",
+        "choices": PREDICTIONS})
     num_classes: int | None = None  # None: unconditional; 10: eps_theta(x_t, t, y) for the digits 0..9
 
     def to_dict(self) -> dict:
@@ -115,6 +130,10 @@ class UNetConfig:
             raise ValueError(f"num_classes must lie in 1..{MAX_CLASSES} or be None, got {self.num_classes}")
         if self.downsample not in DOWNSAMPLES:
             raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {self.downsample!r}.")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         sizes = [28 // 2**level for level in range(len(self.channels))]
         for resolution in self.attention:
             if resolution not in sizes:
@@ -126,7 +145,7 @@ class UNetConfig:
                 raise ValueError(f"num_groups={self.num_groups} must divide every width, not {width}.")
         if check_size:
             with torch.device("meta"):  # shapes only: no memory is allocated
-                parameters = sum(p.numel() for p in UNet(self).parameters())
+                parameters = sum(p.numel() for p in UNet(replace(self, prediction="eps")).parameters())
             if parameters > MAX_PARAMETERS:
                 raise ValueError(f"that network has {parameters:,} parameters, more than the {MAX_PARAMETERS:,} "
                                  f"allowed")
@@ -157,12 +176,14 @@ class SinusoidalTimeEmbedding(nn.Module):
 class ResidualBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, add the timestep, GroupNorm -> SiLU -> conv, plus a skip."""
 
-    def __init__(self, in_channels: int, out_channels: int, time_embed_dim: int, num_groups: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, time_embed_dim: int, num_groups: int,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(num_groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.time_proj = nn.Linear(time_embed_dim, out_channels)
         self.norm2 = nn.GroupNorm(num_groups, out_channels)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         # A 1x1 convolution only where the widths differ, so the sum is defined.
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -171,7 +192,7 @@ class ResidualBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_in, H, W) -> (B, C_out, H, W)
         # In-place sums save a tensor allocation each; safe for autograd, which needs no conv output.
         h += self.time_proj(time_emb)[:, :, None, None]  # one shift per channel, from t
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         h += self.skip(x)
         return h
 
@@ -230,11 +251,17 @@ class Upsample(nn.Module):
 class UNet(nn.Module):
     """eps_theta(x_t, t): predicts the noise in x_t. Input and output are (B, C, 28, 28)."""
 
-    def __init__(self, config: UNetConfig | None = None) -> None:
+    def __init__(self, config: UNetConfig | None = None, alpha_bars: Tensor | None = None) -> None:
         super().__init__()
         config = config or UNetConfig()
         config.validate()
         self.config = config
+        if config.prediction != "eps":
+            if alpha_bars is None:
+                raise ValueError(f"a UNet that predicts {config.prediction} needs the schedule's alpha_bars "
+                                 f"(NoiseSchedule.alpha_bars) to return eps.")
+            # Not saved with the weights: the checkpoint's schedule rebuilds them.
+            self.register_buffer("alpha_bars", alpha_bars.detach().float().clone(), persistent=False)
         self._register_load_state_dict_pre_hook(_rename_legacy_weights)  # files written before a rename
         widths = config.channels
         base = widths[0]
@@ -248,7 +275,7 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(config.image_channels, base, 3, padding=1)
 
         def block(c_in: int, c_out: int) -> ResidualBlock:
-            return ResidualBlock(c_in, c_out, config.time_embed_dim, config.num_groups)
+            return ResidualBlock(c_in, c_out, config.time_embed_dim, config.num_groups, config.dropout)
 
         def attention(level: int, width: int) -> nn.Module:
             # Self-attention after the blocks of the resolutions listed in the config, nothing elsewhere.
@@ -326,7 +353,16 @@ class UNet(nn.Module):
             h = self.up_attention[level](h)
             if level < len(self.upsamples):
                 h = self.upsamples[level](h)  # (B, C, H, W) -> (B, C, 2H, 2W)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C0, 28, 28) -> (B, 1, 28, 28)
+        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C0, 28, 28) -> (B, 1, 28, 28)
+        return out if self.config.prediction == "eps" else self._eps_from(out, x, t)
+
+    def _eps_from(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """eps from a prediction of v or x_0, since x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
+        alpha_bar = self.alpha_bars.to(x.device)[t.long() - 1].view(-1, 1, 1, 1)  # t may come as floats
+        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        if self.config.prediction == "v":  # v = a eps - s x_0, so eps = a v + s x_t
+            return a * out + s * x
+        return (x - a * out) / s  # x_0 predicted: eps = (x_t - a x_0) / s
 
 
 def count_parameters(model: nn.Module) -> int:
