@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ablations.candidates import CANDIDATES, REFERENCE, recipe_of, train_command, train_flags
+from ablations.candidates import CANDIDATES, REFERENCE, ROUND_TWO, recipe_of, train_command, train_flags
 from ddpm_core.cli import build_parser, train_configs
 from ddpm_core.errors import DDPMError
 from ddpm_core.objective import min_snr_weights
@@ -69,6 +69,74 @@ def test_every_candidate_has_the_reference_parameter_count(name):
                         attention=tuple(recipe["attention"]), downsample=recipe["downsample"],
                         zero_init=recipe["zero_init"])
     assert count_parameters(UNet(config)) == 324_705
+
+
+@pytest.mark.parametrize("name", list(ROUND_TWO))
+def test_round_two_candidates_stay_within_the_reference_parameter_count(name):
+    recipe = ROUND_TWO[name]["recipe"]
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in UNetConfig.__dataclass_fields__}
+    config = UNetConfig(**fields)
+    assert count_parameters(UNet(config, NoiseSchedule().alpha_bars)) <= 324_705
+    parsed = _recipe_of_arguments(["train", *train_flags(recipe)])
+    assert parsed == {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
+
+
+def _constant_output_network(prediction, value):
+    model = UNet(UNetConfig(prediction=prediction), NoiseSchedule().alpha_bars).eval()
+    torch.nn.init.zeros_(model.conv_out.weight)
+    torch.nn.init.constant_(model.conv_out.bias, value)  # the last convolution now outputs `value` everywhere
+    return model
+
+
+def test_a_network_predicting_v_or_x0_returns_the_eps_its_prediction_implies():
+    alpha_bars = NoiseSchedule().alpha_bars.float()
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([1, 500, 1000])
+    a = alpha_bars[t - 1].sqrt().view(-1, 1, 1, 1)
+    s = (1 - alpha_bars[t - 1]).sqrt().view(-1, 1, 1, 1)
+    with torch.no_grad():
+        # v = a eps - s x_0 and x_t = a x_0 + s eps give eps = a v + s x_t; x_0 gives eps = (x_t - a x_0) / s.
+        assert torch.allclose(_constant_output_network("v", 0.3)(x, t), a * 0.3 + s * x, atol=1e-5)
+        assert torch.allclose(_constant_output_network("x0", 0.3)(x, t), (x - a * 0.3) / s, atol=1e-4)
+    with pytest.raises(ValueError, match="alpha_bars"):
+        UNet(UNetConfig(prediction="v"))
+
+
+def test_with_min_snr_weights_the_v_loss_and_the_eps_loss_are_the_same_loss():
+    # Hang et al. 2023: min(SNR, gamma) / (SNR + 1) on the v error equals min(SNR, gamma) / SNR on the eps error.
+    schedule = NoiseSchedule()
+    t = torch.arange(1, 1001)
+    alpha_bar = schedule.alpha_bars.float()[t - 1].view(-1, 1)
+    snr = alpha_bar / (1 - alpha_bar)
+    x0, eps, v_pred = torch.randn(1000, 4), torch.randn(1000, 4), torch.randn(1000, 4)
+    xt = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+    v = alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
+    eps_pred = alpha_bar.sqrt() * v_pred + (1 - alpha_bar).sqrt() * xt
+    v_loss = snr.clamp(max=5) / (snr + 1) * (v - v_pred).square()
+    eps_loss = min_snr_weights(schedule, t, 5.0).view(-1, 1) * (eps - eps_pred).square()
+    assert torch.allclose(v_loss, eps_loss, rtol=1e-3, atol=1e-6)
+
+
+def test_dropout_is_active_in_training_and_off_in_evaluation():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(dropout=0.5))
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([5, 500])
+    model.train()
+    assert not torch.equal(model(x, t), model(x, t))
+    model.eval()
+    assert torch.equal(model(x, t), model(x, t))
+    assert isinstance(UNet().down_blocks[0].dropout, torch.nn.Identity)  # the default draws no random numbers
+
+
+def test_a_v_predicting_checkpoint_samples_and_exports_as_eps(tmp_path):
+    from ddpm_core.checkpoint import load_checkpoint, save_weights
+
+    tiny = UNetConfig(channels=(8, 8, 16), time_freq_dim=8, time_embed_dim=16, prediction="v")
+    model = UNet(tiny, NoiseSchedule().alpha_bars).eval()
+    save_weights(tmp_path / "v.safetensors", model, {"epoch": 1})
+    loaded = load_checkpoint(tmp_path / "v.safetensors").model
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 900])
+    with torch.no_grad():
+        assert torch.allclose(loaded(x, t), model(x, t), atol=1e-5)
 
 
 def test_attention_and_strided_downsampling_change_the_network():
