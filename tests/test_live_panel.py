@@ -2,7 +2,8 @@
 
 The page is ``_build/html/book/05_generation.html`` served over loopback http. The panel must load the
 exported network with onnxruntime-web in a worker, reproduce PyTorch's DDIM digit from a shipped x_T,
-show a progress bar that advances and a Cancel that stops, and leave a timestep slider over the run.
+show a progress bar that advances and a Cancel that stops, leave a timestep slider over the run that agrees
+with the progress text (t = 0 at the end), and refuse an empty or out-of-range field without starting a run.
 Without a built book with the runtime these tests skip, except under ``$DDPM_REQUIRE_BOOK=1`` (CI).
 """
 
@@ -158,6 +159,52 @@ def test_bad_settings_get_a_clear_message(panel):
     _part(panel, "generate").click()
     assert "DDIM steps must be a whole number from 10 to 250" in _text(panel, "message")
     assert _state(panel) == "ready"
+
+
+@pytest.mark.parametrize("sampler, role, message", [
+    ("ddpm", "seed", "The seed must be a whole number"),
+    ("ddim", "seed", "The seed must be a whole number"),
+    ("ddim", "eta", "eta must lie between 0 and 1"),
+    ("ddpm", "noise-scale", "The noise scale must lie between 0 and 1"),
+])
+def test_an_empty_field_is_refused_not_read_as_zero(panel, sampler, role, message):
+    _choose(panel, sampler=sampler, steps=10, seed=3, eta=0.5, **{"noise-scale": 1, "grid": False})
+    _choose(panel, **{role: ""})
+    text = panel.execute_script("""
+        var root = document.querySelector('div.ddpm-live');
+        root.querySelector('[data-role="generate"]').click();
+        return root.querySelector('[data-role="progress-text"]').textContent;""")
+    assert message in _text(panel, "message")
+    assert "ddpm-live-error" in _part(panel, "message").get_attribute("class")
+    assert _state(panel) == "ready" and text == ""  # no run started
+    time.sleep(0.5)
+    assert _state(panel) == "ready" and float(_part(panel, "progress").get_attribute("value")) == 0
+
+
+def test_a_finished_run_ends_at_t_0_in_its_text_and_on_its_slider(panel):
+    _choose(panel, sampler="ddim", steps=10, eta=0, seed=7, **{"book-noise": True, "grid": False})
+    _part(panel, "generate").click()
+    _wait(panel, lambda: _state(panel) == "done", 60, "DDIM-10 to finish")
+    assert _text(panel, "label") == "t = 0"
+    assert _text(panel, "progress-text").endswith(", t = 0"), _text(panel, "progress-text")
+    assert "10" in _text(panel, "progress-text")
+
+
+def test_a_new_run_starts_its_progress_text_afresh(panel):
+    _choose(panel, sampler="ddim", steps=10, eta=0, seed=7, **{"book-noise": True, "grid": False})
+    _part(panel, "generate").click()
+    _wait(panel, lambda: _state(panel) == "done", 60, "DDIM-10 to finish")
+    finished = _text(panel, "progress-text")
+    _choose(panel, sampler="ddpm", seed=8, **{"noise-scale": 1})
+    # Read in the click's own turn of the event loop, before the worker's first step can arrive.
+    text = panel.execute_script("""
+        var root = document.querySelector('div.ddpm-live');
+        root.querySelector('[data-role="generate"]').click();
+        return root.querySelector('[data-role="progress-text"]').textContent;""")
+    assert text != finished
+    assert text == "step 0 of 1000, t = 1000"
+    _part(panel, "cancel").click()
+    _wait(panel, lambda: _state(panel) == "cancelled", 10, "Cancel to stop the run")
 
 
 def test_without_the_runtime_the_panel_says_what_was_left_out(browser, serve, site, tmp_path):

@@ -200,11 +200,18 @@
     };
   };
 
+  // A number field's value; NaN when it is empty (or holds no number), which every check below refuses,
+  // where Number("") would be 0.
+  Panel.prototype.number = function (role) {
+    var text = this.part(role).value.trim();
+    return text === "" ? NaN : Number(text);
+  };
+
   Panel.prototype.options = function () {
-    var sampler = this.part("sampler").value, seed = Number(this.part("seed").value);
+    var sampler = this.part("sampler").value, seed = this.number("seed");
     var batch = this.part("grid").checked ? 16 : 1;
-    var steps = Number(this.part("steps").value), eta = Number(this.part("eta").value);
-    var noiseScale = Number(this.part("noise-scale").value);
+    var steps = this.number("steps"), eta = this.number("eta");
+    var noiseScale = this.number("noise-scale");
     if (!(Number.isInteger(seed) && seed >= 0 && seed <= 4294967295)) {
       throw new Error("The seed must be a whole number from 0 to 4294967295.");
     }
@@ -236,6 +243,7 @@
     var progress = this.part("progress");
     progress.max = options.sampler === "ddim" ? options.steps : 1000;
     progress.value = 0;
+    this.part("progress-text").textContent = "step 0 of " + progress.max + ", t = 1000";  // x_T, before any step
     var source = options.bookNoise ? "x_T of the book's seed" + (options.seeds.length > 1 ? "s " : " ") +
       options.seeds[0] + (options.seeds.length > 1 ? " to " + options.seeds[options.seeds.length - 1] : "")
       : "x_T from the page's own generator";
@@ -271,6 +279,11 @@
         timesteps: m.frames.timesteps, options: this.running};
       this.frames = m.frames;
       this.finish("done");
+      // The last step's message showed the network's input there (t = 1); the run ends at x_0, t = 0,
+      // the slider's last frame.
+      var last = m.frames.timesteps.length - 1;
+      this.part("progress-text").textContent = "all " + this.part("progress").max + " steps done, t = " +
+        m.frames.timesteps[last];
       var range = this.part("range");
       range.max = m.frames.timesteps.length - 1;
       range.value = range.max;
