@@ -12,6 +12,7 @@ The book's recipe is also timed as the class-conditional network of classifier-f
 (row "conditional"): its labels, label dropout and class embedding.
 
     python -m benchmarks.recipe_cost
+    python -m benchmarks.recipe_cost --round 2   # the candidates of round two, as ratios to the book's recipe
     python -m benchmarks.recipe_cost --quick
 """
 
@@ -22,14 +23,15 @@ import time
 
 import torch
 
-from ablations.candidates import CANDIDATES
+from ablations.candidates import CANDIDATES, ROUND_TWO
 from benchmarks._common import positive_int, print_table
 from ddpm_core.device import device_description, keep_freed_memory, resolve_device
 from ddpm_core.objective import train_step
 from ddpm_core.recipe import RecipeHooks, TrainConfig, timestep_weights
 from ddpm_core.unet import UNet, UNetConfig, count_parameters
 
-MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init", "num_classes")
+MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init", "num_groups", "dropout",
+              "prediction", "num_classes")
 CHOSEN = "tuned_minsnr_lr2e-3"  # the book's default recipe, also timed as a class-conditional network
 
 
@@ -40,12 +42,12 @@ class RecipeStep:
         torch.manual_seed(0)
         config = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()
                                if k in MODEL_KEYS})
-        self.model = UNet(config).to(device=device, memory_format=torch.channels_last)
+        self.config = TrainConfig(**{k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__})
+        self.schedule = self.config.schedule()
+        self.model = UNet(config, self.schedule.alpha_bars).to(device=device, memory_format=torch.channels_last)
         self.parameters = count_parameters(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=recipe["lr"])
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.config = TrainConfig(**{k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__})
-        self.schedule = self.config.schedule()
         self.weights = timestep_weights(self.config, self.schedule)
         # A step in the middle of a long run: past any warm-up, so every part of the recipe is active.
         self.hooks = RecipeHooks(self.optimizer, self.model, self.config, total_steps=10_000, ema_state=self.ema,
@@ -71,6 +73,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--reference-minutes", type=float, default=35.4,
                         help="measured 15-epoch time of the reference recipe (default 35.4, idle 2-core CPU)")
+    parser.add_argument("--round", type=int, choices=(1, 2), default=1,
+                        help="1: the recipes of round one against the reference; 2: round two's against the book's")
     parser.add_argument("--quick", action="store_true", help="2 steps, 1 round, batch 16: checks that it runs")
     args = parser.parse_args()
     if args.quick:
@@ -80,9 +84,11 @@ def main() -> None:
         keep_freed_memory()
     print(f"device: {device_description(device)}; batch {args.batch_size}, best of {args.rounds} rounds "
           f"of {args.steps} steps")
-    steps = {name: RecipeStep(c["recipe"], device, args.batch_size) for name, c in CANDIDATES.items()}
-    steps["conditional"] = RecipeStep({**CANDIDATES[CHOSEN]["recipe"], "num_classes": 10}, device,
-                                             args.batch_size)
+    candidates, baseline = (CANDIDATES, "reference") if args.round == 1 else (ROUND_TWO, "book")
+    steps = {name: RecipeStep(c["recipe"], device, args.batch_size) for name, c in candidates.items()}
+    if args.round == 1:
+        steps["conditional"] = RecipeStep({**CANDIDATES[CHOSEN]["recipe"], "num_classes": 10}, device,
+                                          args.batch_size)
     best = dict.fromkeys(steps, float("inf"))
     for _ in range(args.rounds):
         for name, step in steps.items():
@@ -97,10 +103,13 @@ def main() -> None:
             best[name] = min(best[name], (time.perf_counter() - started) / args.steps)
     rows = []
     for name, seconds in best.items():
-        ratio = seconds / best["reference"]
+        ratio = seconds / best[baseline]
         rows.append([name, f"{steps[name].parameters:,}", f"{args.batch_size / seconds:.0f}", f"{ratio:.3f}",
                      f"{args.reference_minutes * ratio:.1f}"])
-    print_table(["recipe", "parameters", "images/s", "step time / reference", "15 epochs (min)"], rows)
+    if args.round == 2:  # the minutes column scales the reference's time, which is not round two's baseline
+        rows = [row[:4] for row in rows]
+    print_table(["recipe", "parameters", "images/s", f"step time / {baseline}", "15 epochs (min)"][:len(rows[0])],
+                rows)
 
 
 if __name__ == "__main__":
