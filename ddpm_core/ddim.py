@@ -197,7 +197,7 @@ def ddim_sample(
     batches = SeedBatches(num_samples, seed, seeds, capture, schedule.num_steps, image_shape, device,
                           batch_size=batch_size, progress=progress, desc="DDIM sampling",
                           steps_per_batch=len(taus))
-    _check_capture(batches.captured, taus, steps, schedule.num_steps)
+    check_capture(batches.captured, taus, steps, schedule.num_steps)
     batches.set_labels(sampling_labels(getattr(model, "null_label", None), labels, guidance, len(batches.seeds)))
     for batch in batches:
         x = batch.noise()  # x_T ~ N(0, I), the first draw as in sample()
@@ -222,7 +222,7 @@ def _check_eta(eta: float) -> None:
         )
 
 
-def _check_capture(captured: list[int], taus: list[int], steps: int, num_steps: int) -> None:
+def check_capture(captured: list[int], taus: list[int], steps: int, num_steps: int) -> None:
     missed = [t for t in captured if t != 0 and t not in taus]
     if missed:
         raise DDPMError(
