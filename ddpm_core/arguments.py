@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+SAMPLERS = ("ddpm", "ddim", "dpm")  # ancestral (all T steps), DDIM, DPM-Solver++(2M)
 MAX_SEED = 2**32 - 1
 MAX_SAMPLES = 100_000  # 300 MB of float32 images; evaluate's metrics stay within a few GB
 MAX_GUIDANCE = 20.0  # classifier-free guidance beyond w = 20 only saturates the images (chapter 9 uses up to 7)

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 
 from ddpm_core import arguments
+from ddpm_core.arguments import SAMPLERS
 from ddpm_core.errors import DDPMError, DiskFullError, NonFiniteOutputError
 from ddpm_core.files import check_output_file
 
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--out", type=arguments.file_path, required=True,
                       help="output file: .png (a grid) or .npy (uint8 N x 28 x 28)")
     sampling.add_argument("--force", action="store_true", help="replace an existing file (or link) at --out")
-    sampling.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (1000 steps) or ddim")
+    sampling.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                          help="ddpm (all T steps), ddim, or dpm (DPM-Solver++(2M))")
     sampling.add_argument("--steps", type=arguments.positive_int, default=None, help="DDIM steps, 1..T (default 50)")
     sampling.add_argument("--eta", type=arguments.unit_interval, default=None,
                           help="DDIM stochasticity, 0..1 (default 0)")
@@ -106,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-samples", type=arguments.sample_count, default=1000,
                           help="number of samples (default 1000)")
     evaluate.add_argument("--seed", type=arguments.seed_int, default=0, help="sample i uses seed S+i (default 0)")
-    evaluate.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (1000 steps) or ddim")
+    evaluate.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                          help="ddpm (all T steps), ddim, or dpm (DPM-Solver++(2M))")
     evaluate.add_argument("--steps", type=arguments.positive_int, default=None, help="DDIM steps (default 50)")
     evaluate.add_argument("--eta", type=arguments.unit_interval, default=None, help="DDIM stochasticity (default 0)")
     evaluate.add_argument("--ema", action="store_true", help="use the EMA weights")
@@ -130,9 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _ddim_options(args: argparse.Namespace) -> None:
-    """Refuse --steps and --eta without --sampler ddim (the DDPM sampler always runs all T steps); fill defaults."""
+    """Refuse --steps and --eta without --sampler ddim, and --steps without ddim or dpm (the DDPM sampler always
+    runs all T steps; DPM-Solver++ has no eta); fill defaults."""
+    if args.sampler == "dpm" and args.eta is not None:
+        raise DDPMError("--eta applies only to the DDIM sampler; DPM-Solver++ (--sampler dpm) is deterministic given "
+                        "x_T. Drop --eta, or use --sampler ddim.")
     given = [flag for flag, value in (("--steps", args.steps), ("--eta", args.eta)) if value is not None]
-    if given and args.sampler != "ddim":
+    if given and args.sampler == "ddpm":
         verb = "apply" if len(given) > 1 else "applies"
         raise DDPMError(
             f"{' and '.join(given)} {verb} only to the DDIM sampler, but --sampler is {args.sampler}, which runs all "
@@ -262,6 +269,7 @@ def _sample(args: argparse.Namespace) -> int:
     from ddpm_core.data import to_uint8
     from ddpm_core.ddim import ddim_sample
     from ddpm_core.device import resolve_device
+    from ddpm_core.dpm_solver import dpm_solver_sample
     from ddpm_core.files import atomic_write
     from ddpm_core.sampling import sample
     from ddpm_core.viz import save_grid
@@ -276,6 +284,9 @@ def _sample(args: argparse.Namespace) -> int:
     if args.sampler == "ddim":
         images, _ = ddim_sample(loaded.model, loaded.schedule, num_samples=args.num_samples, seed=args.seed,
                                 steps=args.steps, eta=args.eta, progress=not args.no_progress, **guided)
+    elif args.sampler == "dpm":
+        images, _ = dpm_solver_sample(loaded.model, loaded.schedule, num_samples=args.num_samples, seed=args.seed,
+                                      steps=args.steps, progress=not args.no_progress, **guided)
     else:
         images, _ = sample(
             loaded.model,

@@ -13,18 +13,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ddpm_core.arguments import SAMPLERS
 from ddpm_core.checkpoint import LoadedModel, check_finite_samples, load_checkpoint
 from ddpm_core.classifier import load_classifier
 from ddpm_core.conditioning import COMMAND_LINE, Labels, sampling_labels
 from ddpm_core.data import load_mnist
 from ddpm_core.ddim import ddim_sample
 from ddpm_core.device import resolve_device
+from ddpm_core.dpm_solver import dpm_solver_sample
 from ddpm_core.errors import DDPMError
 from ddpm_core.metrics import conditional_scores, evaluate_samples
 from ddpm_core.sampling import sample
 from ddpm_core.seeds import Trajectory
-
-SAMPLERS = ("ddpm", "ddim")
 
 
 def generate(
@@ -43,9 +43,9 @@ def generate(
     """Sample ``num_samples`` images (seeds ``seed``..``seed + N - 1``) and time it.
 
     ``sampler`` is "ddpm" (the 1000-step ancestral sampler, sigma_t^2 = beta_t, or the
-    posterior variance with ``variance="posterior"``) or "ddim" (``steps`` steps,
-    stochasticity ``eta``). A conditional model takes ``labels`` and ``guidance`` as
-    the samplers do. Returns samples, trajectory and wall seconds.
+    posterior variance with ``variance="posterior"``), "ddim" (``steps`` steps,
+    stochasticity ``eta``) or "dpm" (DPM-Solver++(2M), ``steps`` steps). A conditional
+    model takes ``labels`` and ``guidance`` as the samplers do. Returns samples, trajectory and wall seconds.
     """
     if sampler not in SAMPLERS:
         raise DDPMError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
@@ -54,6 +54,10 @@ def generate(
         images, trajectory = sample(loaded.model, loaded.schedule, num_samples=num_samples, seed=seed,
                                     variance=variance, capture=capture, progress=progress, labels=labels,
                                     guidance=guidance)
+    elif sampler == "dpm":
+        images, trajectory = dpm_solver_sample(loaded.model, loaded.schedule, num_samples=num_samples, seed=seed,
+                                               steps=steps, capture=capture, progress=progress, labels=labels,
+                                               guidance=guidance)
     else:
         images, trajectory = ddim_sample(loaded.model, loaded.schedule, num_samples=num_samples, seed=seed,
                                          steps=steps, eta=eta, capture=capture, progress=progress, labels=labels,
@@ -115,7 +119,8 @@ def evaluate_checkpoint(
                                   labels=labels, guidance=1.0 if guidance is None else guidance)
     check_finite_samples(images, loaded.path)  # NaN would crash the Frechet distance's matrix square root
     metrics = evaluate_samples(images.cpu(), test_images, train_images, classifier)
-    name = f"DDPM-{loaded.schedule.num_steps}" if sampler == "ddpm" else f"DDIM-{steps} eta={eta:g}"
+    name = {"ddpm": f"DDPM-{loaded.schedule.num_steps}",
+            "ddim": f"DDIM-{steps} eta={eta:g}", "dpm": f"DPM-Solver++ {steps}"}[sampler]
     name += " EMA" if use_ema else ""
     if labels is not None:
         scores = conditional_scores(images.cpu(), labels, test_images, test_labels, classifier)

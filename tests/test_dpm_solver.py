@@ -7,7 +7,7 @@ from ddpm_core.ddim import ddim_sample
 from ddpm_core.dpm_solver import dpm_solver_sample, dpm_solver_step
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.seeds import initial_noise
-from tests.helpers import tiny_model
+from tests.helpers import run_cli, tiny_model
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is the test oracle: pip install -r requirements-dev.txt")
 
@@ -52,3 +52,16 @@ def test_the_second_order_step_extrapolates_the_predicted_x0():
     second, _ = dpm_solver_step(schedule, x, now, 600, 400, previous=(before, h))
     # With x_t = 0 the update is -alpha_s (e^{-h} - 1) D, so the ratio of the two is D's: 1 + 1 / (2r), r = 1.
     assert torch.allclose(second / first, torch.full_like(first, 1.5))
+
+
+def test_the_command_line_samples_with_dpm_solver_and_refuses_eta(tiny_run, tmp_path, capsys):
+    import numpy as np
+
+    code, output = run_cli(["sample", "--checkpoint", str(tiny_run), "--sampler", "dpm", "--steps", "5",
+                            "--num-samples", "3", "--out", str(tmp_path / "s.npy"), "--no-progress"], capsys)
+    assert code == 0, output
+    assert np.load(tmp_path / "s.npy").shape == (3, 28, 28)
+    code, output = run_cli(["sample", "--checkpoint", str(tiny_run), "--sampler", "dpm", "--eta", "0.5",
+                            "--out", str(tmp_path / "t.npy")], capsys)
+    assert code == 2 and "--eta applies only to the DDIM sampler" in output and "Traceback" not in output
+    assert not (tmp_path / "t.npy").exists()

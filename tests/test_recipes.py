@@ -74,7 +74,8 @@ def test_every_candidate_has_the_reference_parameter_count(name):
 @pytest.mark.parametrize("name", list(ROUND_TWO))
 def test_round_two_candidates_stay_within_the_reference_parameter_count(name):
     recipe = ROUND_TWO[name]["recipe"]
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items() if k in UNetConfig.__dataclass_fields__}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()
+              if k in UNetConfig.__dataclass_fields__}
     config = UNetConfig(**fields)
     assert count_parameters(UNet(config, NoiseSchedule().alpha_bars)) <= 324_705
     parsed = _recipe_of_arguments(["train", *train_flags(recipe)])
