@@ -118,13 +118,15 @@ def ddim_step(
         t: the current timestep, 1..T.
         t_prev: the timestep to step to, 0..t-1.
         eta: scales sigma of eq. (16); 0 is deterministic, 1 is DDPM-like.
-        noise: z ~ N(0, I) shaped like ``xt``; needed whenever sigma > 0, ignored otherwise.
+        noise: z ~ N(0, I) shaped like ``xt``; needed whenever sigma > 0, ignored
+            otherwise.
 
     Returns:
         x_{t_prev} and the predicted x_0.
     """
     if not 0 <= t_prev < t <= schedule.num_steps:
-        raise DDPMError(f"A DDIM step needs 0 <= t_prev < t <= {schedule.num_steps}, got t={t}, t_prev={t_prev}.")
+        raise DDPMError(f"A DDIM step needs 0 <= t_prev < t <= {schedule.num_steps}, "
+                        f"got t={t}, t_prev={t_prev}.")
     # 1. alpha_bar at the previous timestep, alpha_bar_0 = 1
     alpha_bar_prev = _alpha_bar(schedule, t_prev)
     # 2. sigma of the step: Song et al. 2021, eq. (16), scaled by eta
@@ -139,8 +141,9 @@ def ddim_step(
     if sigma > 0:
         if noise is None:
             raise DDPMError(
-                f"The DDIM step t={t} -> {t_prev} with eta={eta} has sigma={sigma:.3g} > 0 and needs noise z; "
-                f"pass noise=torch.randn_like(xt), or eta=0 for the deterministic sampler."
+                f"The DDIM step t={t} -> {t_prev} with eta={eta} has sigma={sigma:.3g} "
+                f"> 0 and needs noise z; pass noise=torch.randn_like(xt), or eta=0 for "
+                f"the deterministic sampler."
             )
         # 6. the "random noise" sigma z of eq. (12)
         x_prev = x_prev + sigma * noise

@@ -162,22 +162,34 @@ def ranks_from_env() -> Ranks:
 
 
 def start(ranks: Ranks, device: torch.device) -> torch.device:
-    """Join the process group; return this process's device (its own GPU on CUDA, else the CPU)."""
+    """Join the process group and return this process's device: its own GPU on
+    CUDA, else the CPU."""
     if device.type == "mps":
-        raise DDPMError("Parallel training runs on CUDA (NCCL) or the CPU (Gloo), not on MPS: pass --device cpu.")
+        raise DDPMError(
+            "Parallel training runs on CUDA (NCCL) or the CPU (Gloo), not on MPS: "
+            "pass --device cpu."
+        )
     if device.type == "cuda":
         if torch.cuda.device_count() <= ranks.local_rank:
             raise DDPMError(
-                f"Process {ranks.rank} wants GPU {ranks.local_rank}, but this machine has "
-                f"{torch.cuda.device_count()}: start at most that many processes per node."
+                f"Process {ranks.rank} wants GPU {ranks.local_rank}, but this machine "
+                f"has {torch.cuda.device_count()}: start at most that many processes "
+                f"per node."
             )
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         store = _rendezvous(ranks)
-        store.set_timeout(TIMEOUT)  # from here on, as torch's own env:// rendezvous leaves it
-        dist.init_process_group(backend, store=store, rank=ranks.rank, world_size=ranks.world_size, timeout=TIMEOUT)
+        # the store's timeout from here on, as torch's own env:// rendezvous leaves it
+        store.set_timeout(TIMEOUT)
+        dist.init_process_group(
+            backend,
+            store=store,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
+            timeout=TIMEOUT,
+        )
     return device
 
 

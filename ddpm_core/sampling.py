@@ -35,8 +35,13 @@ from ddpm_core.seeds import NoisePredictor, SeedBatches, Trajectory, prepare_mod
 VARIANCES = ("beta", "posterior")
 
 
-def guided_eps(model: NoisePredictor, x: Tensor, t: Tensor, labels: Tensor | None = None,
-               guidance: float = 1.0) -> Tensor:
+def guided_eps(
+    model: NoisePredictor,
+    x: Tensor,
+    t: Tensor,
+    labels: Tensor | None = None,
+    guidance: float = 1.0,
+) -> Tensor:
     """The noise prediction of classifier-free guidance (Ho and Salimans 2022, eq. (6)):
 
         eps = eps_theta(x_t, t) + w (eps_theta(x_t, t, y) - eps_theta(x_t, t))
@@ -53,7 +58,9 @@ def guided_eps(model: NoisePredictor, x: Tensor, t: Tensor, labels: Tensor | Non
     null = torch.full_like(labels, model.null_label)  # the "no class" label
     if guidance == 0.0:
         return model(x, t, null)
-    eps_cond, eps_uncond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+    # one call on the doubled batch: first half conditional, second half "no class"
+    doubled = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
+    eps_cond, eps_uncond = doubled.chunk(2)
     return eps_uncond + guidance * (eps_cond - eps_uncond)
 
 

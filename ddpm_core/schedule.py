@@ -33,13 +33,18 @@ class NoiseSchedule:
         beta_end: beta_T, the variance added by the last step.
     """
 
-    def __init__(self, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
+    def __init__(
+        self,
+        num_steps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+    ) -> None:
         if num_steps < 1:
             raise DDPMError(f"num_steps must be a positive integer, got {num_steps}.")
         if not 0.0 < beta_start <= beta_end < 1.0:
             raise DDPMError(
-                f"Betas must satisfy 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, "
-                f"beta_end={beta_end}."
+                f"Betas must satisfy 0 < beta_start <= beta_end < 1, "
+                f"got beta_start={beta_start}, beta_end={beta_end}."
             )
         self.num_steps = num_steps
         self.beta_start = beta_start
@@ -49,12 +54,17 @@ class NoiseSchedule:
         betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
         alphas = 1.0 - betas  # Ho et al. 2020, alpha_t := 1 - beta_t
         alpha_bars = torch.cumprod(alphas, dim=0)  # alpha_bar_t := prod_{s<=t} alpha_s
-        alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
-        # Ho et al. 2020, eq. (7): beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t
+        # alpha_bar_{t-1} for t = 1..T, with alpha_bar_0 = 1 (the empty product)
+        alpha_bar_0 = torch.ones(1, dtype=torch.float64)
+        alpha_bars_prev = torch.cat([alpha_bar_0, alpha_bars[:-1]])
+        # Ho et al. 2020, eq. (7):
+        # beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t
         posterior_variance = (1.0 - alpha_bars_prev) / (1.0 - alpha_bars) * betas
-        # Ho et al. 2020, eq. (7): the two coefficients of the posterior mean mu_tilde_t(x_t, x_0)
+        # Ho et al. 2020, eq. (7): mu_tilde_t(x_t, x_0)'s coefficients of x_0 and x_t
         posterior_mean_coef_x0 = alpha_bars_prev.sqrt() * betas / (1.0 - alpha_bars)
-        posterior_mean_coef_xt = alphas.sqrt() * (1.0 - alpha_bars_prev) / (1.0 - alpha_bars)
+        posterior_mean_coef_xt = (
+            alphas.sqrt() * (1.0 - alpha_bars_prev) / (1.0 - alpha_bars)
+        )
 
         self.betas = betas.float()
         self.alphas = alphas.float()
@@ -63,8 +73,9 @@ class NoiseSchedule:
         self.posterior_variance = posterior_variance.float()
         self.posterior_mean_coef_x0 = posterior_mean_coef_x0.float()
         self.posterior_mean_coef_xt = posterior_mean_coef_xt.float()
-        # alpha_bar_t again, in float64 from the float32 betas the network was trained with: DDIM needs
-        # 1 - alpha_bar_t near t = 1, of which the float32 alpha_bars keep only about 3 digits.
+        # alpha_bar_t again, in float64 from the float32 betas the network was trained
+        # with: DDIM needs 1 - alpha_bar_t near t = 1, of which the float32 alpha_bars
+        # keep only about 3 digits.
         self.alpha_bars_f64 = torch.cumprod(1.0 - self.betas.double(), dim=0)
 
     def __repr__(self) -> str:
@@ -92,7 +103,8 @@ class NoiseSchedule:
         return alpha_bar.sqrt() * x0 + (1.0 - alpha_bar).sqrt() * noise
 
     def posterior_mean(self, x0: Tensor, xt: Tensor, t: Tensor | int) -> Tensor:
-        """The mean mu_tilde_t(x_t, x_0) of q(x_{t-1} | x_t, x_0), Ho et al. 2020, eq. (7)."""
+        """The mean mu_tilde_t(x_t, x_0) of q(x_{t-1} | x_t, x_0):
+        Ho et al. 2020, eq. (7)."""
         coef_x0 = self.at(self.posterior_mean_coef_x0, t, xt.ndim).to(xt)
         coef_xt = self.at(self.posterior_mean_coef_xt, t, xt.ndim).to(xt)
         return coef_x0 * x0 + coef_xt * xt

@@ -154,30 +154,41 @@ class UNetConfig:
 class SinusoidalTimeEmbedding(nn.Module):
     """Map integer timesteps to sin/cos features at geometrically spaced frequencies.
 
-    The frequencies of Vaswani et al. 2017, section 3.5, with the sines first and the cosines
-    after them (as in Ho et al.'s code), not interleaved: emb[i] = sin(t / 10000^(i/h)) and
-    emb[h + i] = cos(t / 10000^(i/h)) for i < h = d/2. Nearby timesteps get nearby vectors,
-    and the network can read both coarse and fine differences in t.
+    The frequencies of Vaswani et al. 2017, section 3.5, with the sines first and
+    the cosines after them (as in Ho et al.'s code), not interleaved:
+    emb[i] = sin(t / 10000^(i/h)) and emb[h + i] = cos(t / 10000^(i/h)) for
+    i < h = d/2. Nearby timesteps get nearby vectors, and the network can read
+    both coarse and fine differences in t.
     """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         if dim % 2:
-            raise ValueError(f"The sinusoidal embedding needs an even width, got {dim}.")
+            raise ValueError(
+                f"The sinusoidal embedding needs an even width, got {dim}."
+            )
         self.dim = dim
 
     def forward(self, t: Tensor) -> Tensor:
         half = self.dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        i = torch.arange(half, device=t.device, dtype=torch.float32)
+        freqs = torch.exp(-math.log(10000.0) * i / half)  # 1 / 10000^(i/h)
         angles = t.float()[:, None] * freqs[None, :]  # (B,) -> (B, dim/2)
         return torch.cat([angles.sin(), angles.cos()], dim=1)  # (B, dim)
 
 
 class ResidualBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv, add the timestep, GroupNorm -> SiLU -> conv, plus a skip."""
+    """GroupNorm -> SiLU -> conv, add the timestep, GroupNorm -> SiLU -> conv,
+    plus a skip connection from the input."""
 
-    def __init__(self, in_channels: int, out_channels: int, time_embed_dim: int, num_groups: int,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        time_embed_dim: int,
+        num_groups: int,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(num_groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
@@ -186,11 +197,15 @@ class ResidualBlock(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         # A 1x1 convolution only where the widths differ, so the sum is defined.
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        if in_channels != out_channels:
+            self.skip = nn.Conv2d(in_channels, out_channels, 1)
+        else:
+            self.skip = nn.Identity()
 
     def forward(self, x: Tensor, time_emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_in, H, W) -> (B, C_out, H, W)
-        # In-place sums save a tensor allocation each; safe for autograd, which needs no conv output.
+        # In-place sums save a tensor allocation each; safe for autograd, which
+        # needs no conv output.
         h += self.time_proj(time_emb)[:, :, None, None]  # one shift per channel, from t
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         h += self.skip(x)
@@ -227,14 +242,18 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int, kind: str = "maxpool") -> None:
         super().__init__()
-        self.halve = nn.MaxPool2d(2) if kind == "maxpool" else nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        if kind == "maxpool":
+            self.halve = nn.MaxPool2d(2)
+        else:
+            self.halve = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.halve(x)
 
 
 class Upsample(nn.Module):
-    """A learned 4x4 transposed convolution with stride 2: (B, C, H, W) -> (B, C, 2H, 2W).
+    """Double the resolution: (B, C, H, W) -> (B, C, 2H, 2W), by a learned 4x4
+    transposed convolution with stride 2.
 
     Kernel 4 with stride 2 covers every output pixel with the same number of
     taps, which avoids the checkerboard pattern of kernel 3 (Odena et al. 2016).
@@ -329,16 +348,20 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         if self.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)  # match the weights' layout (faster on CPU)
+            # match the weights' layout (faster on CPU)
+            x = x.contiguous(memory_format=torch.channels_last)
         time_emb = self.time_embed(t)  # (B,) -> (B, time_embed_dim)
         if self.class_embed is not None:
-            if labels is None:  # the unconditional prediction: every image gets "no class"
-                labels = torch.full(t.shape, self.null_label, dtype=torch.long, device=t.device)
-            time_emb = time_emb + self.class_embed(labels)  # (B,) -> (B, time_embed_dim), added to t's embedding
+            if labels is None:
+                # the unconditional prediction: every image gets "no class"
+                labels = torch.full_like(t, self.null_label, dtype=torch.long)
+            # (B,) -> (B, time_embed_dim), added to t's embedding
+            time_emb = time_emb + self.class_embed(labels)
         elif labels is not None:
             raise ValueError(
-                "This UNet is unconditional (num_classes=None) and cannot take class labels; build it with "
-                "UNetConfig(num_classes=10) and train it with labels to ask for a digit."
+                "This UNet is unconditional (num_classes=None) and cannot take class "
+                "labels; build it with UNetConfig(num_classes=10) and train it with "
+                "labels to ask for a digit."
             )
         h = self.conv_in(x)  # (B, 1, 28, 28) -> (B, C0, 28, 28)
         skips = []
@@ -349,11 +372,13 @@ class UNet(nn.Module):
                 h = self.downsamples[level](h)  # (B, C, H, W) -> (B, C, H/2, W/2)
         h = self.middle(h, time_emb)
         for level, up_block in enumerate(self.up_blocks):
-            h = up_block(torch.cat([h, skips.pop()], dim=1), time_emb)  # (B, C + C_skip, H, W) -> (B, C, H, W)
+            # (B, C + C_skip, H, W) -> (B, C, H, W)
+            h = up_block(torch.cat([h, skips.pop()], dim=1), time_emb)
             h = self.up_attention[level](h)
             if level < len(self.upsamples):
                 h = self.upsamples[level](h)  # (B, C, H, W) -> (B, C, 2H, 2W)
-        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C0, 28, 28) -> (B, 1, 28, 28)
+        # (B, C0, 28, 28) -> (B, 1, 28, 28)
+        out = self.conv_out(F.silu(self.norm_out(h)))
         return out if self.config.prediction == "eps" else self._eps_from(out, x, t)
 
     def _eps_from(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
