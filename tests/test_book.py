@@ -116,6 +116,26 @@ def test_every_listing_is_short_enough_to_read(name, index, source):
     )
 
 
+@pytest.mark.parametrize(("name", "index", "source"), listings(), ids=lambda v: str(v).split("\n")[0])
+def test_every_listing_fits_the_page(name, index, source):
+    """A listing is the package's source, which may run to 120 columns elsewhere; the page holds 88."""
+    import inspect
+
+    target = CALL.match(source)["target"]
+    obj = resolve(package_namespace(load(REPO / "book" / name)), target)
+    lines, first = inspect.getsourcelines(obj)
+    where = os.path.relpath(inspect.getsourcefile(inspect.unwrap(obj)), REPO)
+    long_lines = [
+        f"{where}:{first + number} ({len(line)} characters): {line.strip()[:60]}"
+        for number, line in enumerate(line.rstrip("\n") for line in lines)
+        if len(line) > MAX_LINE
+    ]
+    assert not long_lines, (
+        f"{name}, cell {index}: the listing of {target} has lines over {MAX_LINE} characters, "
+        f"wider than the page; break them (one argument a line, a named intermediate): {long_lines}"
+    )
+
+
 def test_chapter_2_lists_both_algorithms():
     targets = {CALL.match(source)["target"] for name, _, source in listings() if name.startswith("02_")}
     assert set(ALGORITHM_LINES) <= targets
