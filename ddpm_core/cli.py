@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--force", action="store_true", help="replace an existing file (or link) at --out")
     sampling.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
                           help="ddpm (all T steps), ddim, or dpm (DPM-Solver++(2M))")
-    sampling.add_argument("--steps", type=arguments.positive_int, default=None, help="DDIM or DPM-Solver++ steps, 1..T (default 50)")
+    sampling.add_argument("--steps", type=arguments.positive_int, default=None,
+                          help="DDIM or DPM-Solver++ steps, 1..T (default 50)")
     sampling.add_argument("--eta", type=arguments.unit_interval, default=None,
                           help="DDIM stochasticity, 0..1 (default 0)")
     sampling.add_argument("--variance", choices=("beta", "posterior"), default="beta", help="sigma_t^2 (default beta)")
@@ -110,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=arguments.seed_int, default=0, help="sample i uses seed S+i (default 0)")
     evaluate.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
                           help="ddpm (all T steps), ddim, or dpm (DPM-Solver++(2M))")
-    evaluate.add_argument("--steps", type=arguments.positive_int, default=None, help="DDIM or DPM-Solver++ steps (default 50)")
+    evaluate.add_argument("--steps", type=arguments.positive_int, default=None,
+                          help="DDIM or DPM-Solver++ steps (default 50)")
     evaluate.add_argument("--eta", type=arguments.unit_interval, default=None, help="DDIM stochasticity (default 0)")
     evaluate.add_argument("--ema", action="store_true", help="use the EMA weights")
     evaluate.add_argument("--guidance", type=arguments.guidance_weight, default=None,

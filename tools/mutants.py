@@ -77,8 +77,8 @@ MUTANTS = (
     Mutant("trajectory-late", "the trajectory records x_{t-1} as x_t: one step late", "ddpm_core/sampling.py",
            "            if batch.captures(t):\n"
            "                batch.record(t, x, schedule.predict_x0(x, t, eps_pred))\n"
-           "            x = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # 4: x_{t-1}\n",
-           "            x_next = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # 4: x_{t-1}\n"
+           "            x = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # 4\n",
+           "            x_next = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # 4\n"
            "            if batch.captures(t):\n"
            "                batch.record(t, x_next, schedule.predict_x0(x, t, eps_pred))\n"
            "            x = x_next\n",
