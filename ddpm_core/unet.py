@@ -178,8 +178,8 @@ class SinusoidalTimeEmbedding(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv, add the timestep, GroupNorm -> SiLU -> conv,
-    plus a skip connection from the input."""
+    """GroupNorm -> SiLU -> conv, add the timestep, GroupNorm -> SiLU -> (dropout,
+    if set) -> conv, plus a skip connection from the input."""
 
     def __init__(
         self,
