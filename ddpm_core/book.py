@@ -10,6 +10,8 @@ The chapters (``book/*.ipynb``) import these instead of defining their own:
 - ``cached``: a result computed once and kept on disk between runs of a chapter;
 - ``show_grid`` and ``correlation``: a grid of digits on a matplotlib axis, and the mean
   correlation of two batches of images;
+- ``training_time``: the one measured time of the book's 15-epoch training, which every page
+  quotes (``book/results/training_time.json``, written by ``benchmarks.training_time``);
 - ``colab_cell`` and ``colab_setup``: the first cell of every chapter, which on Colab clones
   the book's repository (``repository.url`` in ``_config.yml``) and installs it.
 """
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 QUICK_ENV = "DDPM_QUICK"
 SCRATCH_ENV = "DDPM_SCRATCH"
 COLAB_CLONE = "/content/ddpm-book"  # where the Colab cell clones the repository
+TRAINING_TIME = Path(__file__).resolve().parent.parent / "book" / "results" / "training_time.json"
 
 
 def quick_mode() -> bool:
@@ -106,6 +109,14 @@ def show_grid(
     ax.set_title(title)
     ax.axis("off")
     return ax
+
+
+def training_time() -> dict[str, Any]:
+    """The book's 15-epoch training time, measured once: ``estimated_minutes`` on ``machine`` with
+    ``threads`` threads, and the ``method`` (a few hundred timed steps, extrapolated)."""
+    import json
+
+    return json.loads(TRAINING_TIME.read_text())
 
 
 def correlation(a: Tensor, b: Tensor) -> float:

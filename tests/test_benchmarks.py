@@ -73,3 +73,24 @@ def test_live_panel_benchmark_prints_the_browser_and_pytorch_rows():
     out = run_module("benchmarks.live_panel", "--quick")
     assert "1 thread, optimisation all (default)" in out
     assert "ms/call, batch 16" in out and "x PyTorch 2t" in out and "DDIM-10 s" in out
+
+
+@pytest.mark.slow
+def test_training_time_writes_its_estimate_with_the_machine_and_the_method(tmp_path):
+    import json
+
+    out = run_module("benchmarks.training_time", "--steps", "3", "--out", str(tmp_path / "t.json"))
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert result["measured_steps"] == 3 and result["full_run_steps"] == 15 * 469
+    assert result["estimated_minutes"] == pytest.approx(result["seconds_per_step"] * 7035 / 60, rel=1e-2)
+    assert result["machine"] and result["threads"] >= 1 and "7,035 / 3" in result["method"]
+    assert f"{result['estimated_minutes']:.0f} minutes" in out
+
+
+def test_the_book_reads_one_training_time():
+    import json
+
+    from ddpm_core.book import training_time
+
+    stored = json.loads((REPO / "book" / "results" / "training_time.json").read_text())
+    assert training_time()["estimated_minutes"] == stored["estimated_minutes"]

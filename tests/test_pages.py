@@ -63,6 +63,18 @@ def test_results_table_is_what_the_script_writes_today():
         "book/_generated/results_table.md is stale: run python -m tools.results_table and commit it")
 
 
+def test_the_appendix_gives_the_one_measured_training_time():
+    committed = results_table.TRAINING_OUTPUT.read_text(encoding="utf-8")
+    assert committed == results_table.training_sentence(), (
+        "book/_generated/training_time.md is stale: run python -m tools.results_table and commit it")
+    appendix = (BOOK / "appendix_numbers.md").read_text(encoding="utf-8")
+    included = results_table.TRAINING_OUTPUT.relative_to(BOOK).as_posix()
+    assert re.search(r"```\{include\}\s+" + re.escape(included), appendix)
+    minutes = json.loads(results_table.TRAINING_TIME.read_text())["estimated_minutes"]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"about {results_table.rounded(minutes, '1')} minutes" in readme, "the README quotes another time"
+
+
 def test_intro_includes_the_results_table():
     intro = (BOOK / "intro.md").read_text(encoding="utf-8")
     included = results_table.OUTPUT.relative_to(BOOK).as_posix()
