@@ -21,6 +21,20 @@ import nbformat
 from nbclient import NotebookClient
 
 
+def merged_streams(outputs: list) -> list:
+    """The outputs with each run of consecutive prints to the same stream joined into one, as Jupyter shows them
+    (a kernel may send one print in several messages, which the book would draw as separate boxes)."""
+    merged: list = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if (output.get("output_type") == "stream" and previous is not None
+                and previous.get("output_type") == "stream" and previous.get("name") == output.get("name")):
+            previous["text"] = previous["text"] + output["text"]
+        else:
+            merged.append(copy.deepcopy(output))
+    return merged
+
+
 def execute_cells(path: Path, cells: list[int], store: list[int], timeout: int | None = None) -> None:
     notebook = nbformat.read(path, as_version=4)
     code = [i for i in cells if notebook.cells[i].cell_type == "code"]
@@ -35,7 +49,7 @@ def execute_cells(path: Path, cells: list[int], store: list[int], timeout: int |
             os.environ["DDPM_QUICK"] = env_quick
     for index, executed in zip(code, subset.cells, strict=True):
         if index in store:
-            notebook.cells[index].outputs = executed.outputs
+            notebook.cells[index].outputs = merged_streams(executed.outputs)
             notebook.cells[index].execution_count = executed.execution_count
     nbformat.write(notebook, path)
 
