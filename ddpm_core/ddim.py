@@ -193,15 +193,9 @@ def ddim_sample(
     Returns:
         The samples x_0, (N, C, H, W), not clipped, and the trajectory (None if nothing captured).
     """
-    taus = ddim_timesteps(schedule.num_steps, steps) if timesteps is None else check_timesteps(timesteps, schedule)
-    steps = len(taus)
     _check_eta(eta)
-    device, image_shape = prepare_model(model, image_shape)
-    batches = SeedBatches(num_samples, seed, seeds, capture, schedule.num_steps, image_shape, device,
-                          batch_size=batch_size, progress=progress, desc="DDIM sampling",
-                          steps_per_batch=len(taus))
-    check_capture(batches.captured, taus, steps, schedule.num_steps)
-    batches.set_labels(sampling_labels(getattr(model, "null_label", None), labels, guidance, len(batches.seeds)))
+    taus, batches = subsequence_batches(model, schedule, steps, timesteps, num_samples, seed, seeds, capture,
+                                        progress, batch_size, image_shape, labels, guidance, "DDIM sampling")
     for batch in batches:
         x = batch.noise()  # x_T ~ N(0, I), the first draw as in sample()
         for t, t_prev in zip(taus, taus[1:] + [0], strict=True):
@@ -215,6 +209,34 @@ def ddim_sample(
             batch.advance()
         batch.finish(x)
     return batches.result()
+
+
+def subsequence_batches(
+    model: NoisePredictor,
+    schedule: NoiseSchedule,
+    steps: int,
+    timesteps: Sequence[int] | None,
+    num_samples: int | None,
+    seed: int,
+    seeds: Sequence[int] | None,
+    capture: Iterable[int] | None,
+    progress: bool,
+    batch_size: int,
+    image_shape: tuple[int, ...] | None,
+    labels: Labels,
+    guidance: float,
+    desc: str,
+) -> tuple[list[int], SeedBatches]:
+    """What a sampler over a subsequence of timesteps (DDIM, DPM-Solver++) sets up before its loop: the visited
+    timesteps tau_S > ... > tau_1, and the seeds' batches with their labels, after refusing a capture at a
+    timestep the run never visits."""
+    taus = ddim_timesteps(schedule.num_steps, steps) if timesteps is None else check_timesteps(timesteps, schedule)
+    device, image_shape = prepare_model(model, image_shape)
+    batches = SeedBatches(num_samples, seed, seeds, capture, schedule.num_steps, image_shape, device,
+                          batch_size=batch_size, progress=progress, desc=desc, steps_per_batch=len(taus))
+    check_capture(batches.captured, taus, len(taus), schedule.num_steps)
+    batches.set_labels(sampling_labels(getattr(model, "null_label", None), labels, guidance, len(batches.seeds)))
+    return taus, batches
 
 
 def _check_eta(eta: float) -> None:

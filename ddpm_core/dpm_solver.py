@@ -32,11 +32,11 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ddpm_core.conditioning import Labels, sampling_labels
-from ddpm_core.ddim import check_capture, check_timesteps, ddim_timesteps
+from ddpm_core.conditioning import Labels
+from ddpm_core.ddim import subsequence_batches
 from ddpm_core.sampling import guided_eps
 from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.seeds import NoisePredictor, SeedBatches, Trajectory, prepare_model
+from ddpm_core.seeds import NoisePredictor, Trajectory
 
 
 def _alpha_sigma(schedule: NoiseSchedule, t: int) -> tuple[float, float]:
@@ -93,13 +93,8 @@ def dpm_solver_sample(
     ``steps`` timesteps from ``ddim_timesteps(T, steps)``, or the given ``timesteps``; ``capture``
     records x_t and the predicted x_0 at visited timesteps. Returns the samples and the trajectory.
     """
-    taus = ddim_timesteps(schedule.num_steps, steps) if timesteps is None else check_timesteps(timesteps, schedule)
-    device, image_shape = prepare_model(model, image_shape)
-    batches = SeedBatches(num_samples, seed, seeds, capture, schedule.num_steps, image_shape, device,
-                          batch_size=batch_size, progress=progress, desc="DPM-Solver++ sampling",
-                          steps_per_batch=len(taus))
-    check_capture(batches.captured, taus, len(taus), schedule.num_steps)
-    batches.set_labels(sampling_labels(getattr(model, "null_label", None), labels, guidance, len(batches.seeds)))
+    taus, batches = subsequence_batches(model, schedule, steps, timesteps, num_samples, seed, seeds, capture,
+                                        progress, batch_size, image_shape, labels, guidance, "DPM-Solver++ sampling")
     for batch in batches:
         x, previous = batch.noise(), None  # x_T, the first draw of each seed's generator
         for t, s in zip(taus, taus[1:] + [0], strict=True):
