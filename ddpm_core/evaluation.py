@@ -7,6 +7,7 @@ fast-sampling chapters, so a number in the book is a number the command prints.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,17 @@ from ddpm_core.sampling import sample
 from ddpm_core.seeds import Trajectory
 
 
+@dataclass
+class Generated:
+    """One sampling run: the samples x_0 (N, C, H, W), not clipped; the trajectory at the captured
+    timesteps (None when nothing was captured); the wall time in seconds and the CPU threads torch used."""
+
+    samples: Tensor
+    trajectory: Trajectory | None
+    seconds: float
+    threads: int
+
+
 def generate(
     loaded: LoadedModel,
     num_samples: int,
@@ -39,13 +51,13 @@ def generate(
     variance: str = "beta",
     labels: Labels = None,
     guidance: float = 1.0,
-) -> tuple[Tensor, Trajectory | None, float]:
+) -> Generated:
     """Sample ``num_samples`` images (seeds ``seed``..``seed + N - 1``) and time it.
 
     ``sampler`` is "ddpm" (the 1000-step ancestral sampler, sigma_t^2 = beta_t, or the
     posterior variance with ``variance="posterior"``), "ddim" (``steps`` steps,
     stochasticity ``eta``) or "dpm" (DPM-Solver++(2M), ``steps`` steps). A conditional
-    model takes ``labels`` and ``guidance`` as the samplers do. Returns samples, trajectory and wall seconds.
+    model takes ``labels`` and ``guidance`` as the samplers do.
     """
     if sampler not in SAMPLERS:
         raise DDPMError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
@@ -62,7 +74,7 @@ def generate(
         images, trajectory = ddim_sample(loaded.model, loaded.schedule, num_samples=num_samples, seed=seed,
                                          steps=steps, eta=eta, capture=capture, progress=progress, labels=labels,
                                          guidance=guidance)
-    return images, trajectory, time.perf_counter() - started
+    return Generated(images, trajectory, time.perf_counter() - started, torch.get_num_threads())
 
 
 def generate_record(loaded: LoadedModel, num_samples: int, **options: Any) -> dict[str, Tensor]:
@@ -70,12 +82,11 @@ def generate_record(loaded: LoadedModel, num_samples: int, **options: Any) -> di
     ``ddpm_core.book.cached``: "samples", "seconds" and the CPU "threads" torch used for them
     (the wall time depends on it), and with ``capture`` also the captured "timesteps" and the
     predicted x_0 at each of them, "x0_pred"."""
-    images, trajectory, seconds = generate(loaded, num_samples, progress=False, **options)
-    record = {"samples": images, "seconds": torch.tensor(seconds),
-              "threads": torch.tensor(torch.get_num_threads())}
-    if trajectory is not None:
-        record["timesteps"] = torch.tensor(trajectory.timesteps)
-        record["x0_pred"] = trajectory.x0_pred
+    run = generate(loaded, num_samples, progress=False, **options)
+    record = {"samples": run.samples, "seconds": torch.tensor(run.seconds), "threads": torch.tensor(run.threads)}
+    if run.trajectory is not None:
+        record["timesteps"] = torch.tensor(run.trajectory.timesteps)
+        record["x0_pred"] = run.trajectory.x0_pred
     return record
 
 
@@ -115,8 +126,9 @@ def evaluate_checkpoint(
     classifier = load_classifier(classifier_path)
     test_images, test_labels = load_mnist(train=False)
     train_images, _ = load_mnist(train=True)
-    images, _, seconds = generate(loaded, num_samples, seed, sampler, steps, eta, progress=progress,
-                                  labels=labels, guidance=1.0 if guidance is None else guidance)
+    run = generate(loaded, num_samples, seed, sampler, steps, eta, progress=progress, labels=labels,
+                   guidance=guidance)
+    images, seconds = run.samples, run.seconds
     check_finite_samples(images, loaded.path)  # NaN would crash the Frechet distance's matrix square root
     metrics = evaluate_samples(images.cpu(), test_images, train_images, classifier)
     name = {"ddpm": f"DDPM-{loaded.schedule.num_steps}",

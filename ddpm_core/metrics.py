@@ -4,7 +4,9 @@
                          with the classifier's 128-d penultimate layer in place of Inception-v3
     classifier_scores    confident fraction, class histogram and the Inception Score (Salimans et al. 2016)
     nearest_neighbours   pixel-space nearest training images, to look for memorisation
+    read_trajectory      the digit the classifier reads in each predicted x_0 of a sampling trajectory
     lock_in_timesteps    at which timestep of the reverse process a sample's digit is decided
+                         (lock_in_from_readings: the same from stored readings)
     conditional_scores   for samples asked to be given digits: how often they are, how good, how varied
     inception_score      the Inception Score of a set of class probabilities (used by classifier_scores)
     mean_pairwise_distance  the mean distance between features, how varied a set of samples is
@@ -165,18 +167,9 @@ def nearest_neighbours(queries: Tensor, reference: Tensor, batch_size: int = 250
     return torch.cat(distances), torch.cat(indices)
 
 
-def lock_in_timesteps(trajectory: Trajectory, classifier: MNISTClassifier) -> tuple[Tensor, Tensor]:
-    """When does the reverse process decide which digit a sample becomes?
-
-    The classifier reads the predicted clean image x0_pred at every captured timestep. The final
-    label is the one at the smallest captured timestep (t = 0 if captured: the finished sample).
-
-    Returns:
-        agreement (K,): for each captured timestep (largest first, as ``trajectory.timesteps``), the
-            fraction of samples whose label there already equals their final label.
-        lock_in_t (N,): for each sample, the largest captured t from which on, all the way down, its
-            label equals the final label. Its resolution is that of the captured timesteps.
-    """
+def read_trajectory(trajectory: Trajectory, classifier: MNISTClassifier) -> Tensor:
+    """The digit the classifier reads in every predicted clean image x0_pred of a trajectory: (K, N), one row
+    per captured timestep (largest first, as ``trajectory.timesteps``)."""
     x0_pred = trajectory.x0_pred
     if x0_pred.dim() != 5 or len(x0_pred) != len(trajectory.timesteps):
         raise DDPMError(
@@ -184,15 +177,37 @@ def lock_in_timesteps(trajectory: Trajectory, classifier: MNISTClassifier) -> tu
             f"captured timesteps, got {tuple(x0_pred.shape)}."
         )
     num_steps, num_samples = x0_pred.shape[:2]
-    logits = predict_logits(classifier, x0_pred.flatten(0, 1))
-    labels = logits.argmax(dim=1).view(num_steps, num_samples)  # (K, N)
-    agrees = labels == labels[-1]
+    return predict_logits(classifier, x0_pred.flatten(0, 1)).argmax(dim=1).view(num_steps, num_samples)
+
+
+def lock_in_from_readings(timesteps: list[int], readings: Tensor) -> tuple[Tensor, Tensor]:
+    """When does the reverse process decide which digit a sample becomes?
+
+    ``readings[k, n]`` is the digit read in sample n's predicted clean image at ``timesteps[k]``
+    (largest first; see ``read_trajectory``). The final label is the one at the smallest captured
+    timestep (t = 0 if captured: the finished sample).
+
+    Returns:
+        agreement (K,): for each captured timestep, the fraction of samples whose label there already
+            equals their final label.
+        lock_in_t (N,): for each sample, the largest captured t from which on, all the way down, its
+            label equals the final label. Its resolution is that of the captured timesteps.
+    """
+    if readings.dim() != 2 or len(readings) != len(timesteps):
+        raise DDPMError(f"readings must have shape (K, N) with K = {len(timesteps)} captured timesteps, "
+                        f"got {tuple(readings.shape)}.")
+    agrees = readings == readings[-1]
     agreement = agrees.double().mean(dim=1)
     # stable[k, n]: sample n agrees with its final label at step k and at every later (smaller-t) step.
     stable = agrees.flip(0).long().cumprod(dim=0).flip(0).bool()
     first_stable = stable.long().argmax(dim=0)  # the first True; stable[-1] is always True
-    lock_in_t = torch.tensor(trajectory.timesteps, dtype=torch.long)[first_stable]
+    lock_in_t = torch.tensor(list(timesteps), dtype=torch.long)[first_stable]
     return agreement, lock_in_t
+
+
+def lock_in_timesteps(trajectory: Trajectory, classifier: MNISTClassifier) -> tuple[Tensor, Tensor]:
+    """``lock_in_from_readings`` of a trajectory, read by ``classifier``: (agreement (K,), lock_in_t (N,))."""
+    return lock_in_from_readings(trajectory.timesteps, read_trajectory(trajectory, classifier))
 
 
 def mean_pairwise_distance(features: Tensor) -> float:
