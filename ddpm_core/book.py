@@ -2,6 +2,8 @@
 
 The chapters (``book/*.ipynb``) import these instead of defining their own:
 
+- ``chapter_setup``: what every chapter's set-up cell needs, once: the repository's paths and
+  checkpoints, the figures' resolution, and the size of a measurement (``Chapter.size``);
 - ``quick_mode`` and ``output_dir``: the switch between the full run that produced the stored
   outputs and the quick run of the tests, which writes only into a scratch folder;
 - ``show_source``: the real source of a package function, so a listing cannot drift from the
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,13 +42,42 @@ if TYPE_CHECKING:
 QUICK_ENV = "DDPM_QUICK"
 SCRATCH_ENV = "DDPM_SCRATCH"
 COLAB_CLONE = "/content/ddpm-book"  # where the Colab cell clones the repository
-TRAINING_TIME = Path(__file__).resolve().parent.parent / "book" / "results" / "training_time.json"
+REPO = Path(__file__).resolve().parent.parent  # the repository: the package and book/ side by side
+TRAINING_TIME = REPO / "book" / "results" / "training_time.json"
+# The committed checkpoints, relative to the repository (the sample sets store them in this form).
+BOOK_MODEL = "book/checkpoints/ddpm_mnist.safetensors"  # chapter 4's run: the book's model
+REFERENCE_MODEL = "book/checkpoints/reference_recipe.safetensors"  # the reference run's recipe (chapter 7)
+CONDITIONAL_MODEL = "book/checkpoints/ddpm_mnist_conditional.safetensors"  # chapter 9's class-conditional model
 
 
 def quick_mode() -> bool:
     """True when ``$DDPM_QUICK`` is set to a true value: the book's chapters then shrink data,
     epochs and samples so that the tests can run them in minutes."""
     return os.environ.get(QUICK_ENV, "").lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """What a chapter's set-up cell gives the cells below it."""
+
+    quick: bool  # the tests' quick run: smaller measurements, artefacts in the scratch folder
+    repo: Path  # the repository
+    model: Path  # the book's model, trained in chapter 4
+    reference_model: Path  # the same network trained with the reference run's recipe
+    conditional_model: Path  # the class-conditional model of chapter 9
+
+    def size(self, full: int, quick: int) -> int:
+        """``full`` images, samples or steps for the book; ``quick`` in the tests' quick run."""
+        return quick if self.quick else full
+
+
+def chapter_setup(dpi: int = 100) -> Chapter:
+    """The set-up every chapter repeats: its paths, its mode and matplotlib's resolution (``dpi``)."""
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["figure.dpi"] = dpi
+    return Chapter(quick=quick_mode(), repo=REPO, model=REPO / BOOK_MODEL, reference_model=REPO / REFERENCE_MODEL,
+                   conditional_model=REPO / CONDITIONAL_MODEL)
 
 
 def output_dir(full_mode_dir: str | Path) -> Path:

@@ -34,16 +34,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddpm_core.book import output_dir, quick_mode
+from ddpm_core.book import BOOK_MODEL, CONDITIONAL_MODEL, REFERENCE_MODEL, REPO, output_dir, quick_mode
 from ddpm_core.errors import DDPMError
 from ddpm_core.files import atomic_write, sha256_of
 
 REGENERATE_ENV = "DDPM_REGENERATE"
-REPO = Path(__file__).resolve().parent.parent
 STORE = REPO / "book" / "samples"
-BOOK_MODEL = "book/checkpoints/ddpm_mnist.safetensors"
-REFERENCE_MODEL = "book/checkpoints/reference_recipe.safetensors"
-CONDITIONAL_MODEL = "book/checkpoints/ddpm_mnist_conditional.safetensors"
 EPOCHS_FOLDER = "runs/mnist-15ep/epochs"  # written by `make train`; read only to generate again
 
 

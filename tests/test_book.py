@@ -176,6 +176,21 @@ def test_colab_cell_clones_the_configured_repository(path):
     )
 
 
+def test_chapter_setup_gives_the_committed_checkpoints_and_the_measurements_size(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from ddpm_core.book import chapter_setup
+
+    monkeypatch.delenv("DDPM_QUICK", raising=False)
+    chapter = chapter_setup(dpi=90)
+    assert plt.rcParams["figure.dpi"] == 90
+    for path in (chapter.model, chapter.reference_model, chapter.conditional_model):
+        assert path.is_file() and path.parent == chapter.repo / "book" / "checkpoints"
+    assert not chapter.quick and chapter.size(1000, 16) == 1000
+    monkeypatch.setenv("DDPM_QUICK", "1")
+    assert chapter_setup().size(1000, 16) == 16
+
+
 def test_output_dir_is_a_scratch_folder_in_quick_mode(tmp_path, monkeypatch):
     from ddpm_core.book import output_dir
 
