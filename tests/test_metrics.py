@@ -170,13 +170,19 @@ def test_evaluate_samples_table_shows_the_sample_count_and_memorisation(classifi
     assert copies["train_nn_median"] == 0.0
     assert real_vs_real["train_nn_median"] > 5.0
     assert real_vs_real["real_train_nn_median"] == copies["real_train_nn_median"]
-    table = format_metrics_table({"test digits": real_vs_real, "training copies": copies})
+    table = format_metrics_table({"test": real_vs_real, "copies": copies})
     lines = table.splitlines()
-    assert len(lines) == 4
-    assert "Frechet dist." in lines[0] and "samples" in lines[0]
-    assert lines[2].startswith("test digits") and " 300 " in lines[2]
-    assert lines[3].startswith("training copies")
+    assert len(lines) == 4 and max(len(line) for line in lines) <= 88
+    assert "Frechet" in lines[0] and "samples" in lines[0]
+    assert lines[2].startswith("test") and " 300 " in lines[2]
+    assert lines[3].startswith("copies")
     assert format_metrics_table([real_vs_real]).splitlines()[2].startswith("1 ")
+    # too wide for the book's column: turned, one column per set, and every line fits
+    names = {"test vs other test (floor)": real_vs_real, "training copies, the first 300": copies}
+    turned = format_metrics_table(names).splitlines()
+    assert max(len(line) for line in turned) <= 88
+    assert turned[0].split() == ["test", "vs", "other", "test", "(floor)", "training", "copies,", "the", "first", "300"]
+    assert turned[2].split() == ["samples", "300", "300"] and turned[-1].startswith("test NN median")
 
 
 def test_random_subset_is_reproducible_and_not_a_prefix():
