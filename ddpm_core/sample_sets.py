@@ -150,7 +150,7 @@ def _sets() -> dict[str, SampleSet]:
             sets[f"ddim{steps}_eta{eta:g}"] = SampleSet(
                 f"the book's model, DDIM-{steps} with eta {eta:g}, seeds 0-255", 256, sampler="ddim", steps=steps,
                 eta=eta, quick={"num_samples": 16, "steps": min(steps, 50)})
-    for steps in (10, 20, 50):
+    for steps in (10, 20, 50, 100):
         sets[f"dpm{steps}"] = SampleSet(f"the book's model, DPM-Solver++(2M) in {steps} steps, seeds 0-255", 256,
                                         sampler="dpm", steps=steps, quick={"num_samples": 16})
     for w in (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0):

@@ -186,9 +186,20 @@ def test_chapter_setup_gives_the_committed_checkpoints_and_the_measurements_size
     assert plt.rcParams["figure.dpi"] == 90
     for path in (chapter.model, chapter.reference_model, chapter.conditional_model):
         assert path.is_file() and path.parent == chapter.repo / "book" / "checkpoints"
-    assert not chapter.quick and chapter.size(1000, 16) == 1000
+    assert not chapter.quick and chapter.pick(1000, 16) == 1000
     monkeypatch.setenv("DDPM_QUICK", "1")
-    assert chapter_setup().size(1000, 16) == 16
+    assert chapter_setup().pick(1000, 16) == 16
+
+
+def test_a_claim_that_needs_the_books_sample_size_is_only_listed_on_a_quick_run(monkeypatch, capsys):
+    from ddpm_core.book import check
+
+    monkeypatch.setenv("DDPM_QUICK", "1")
+    check(False, "the distance is small", "40.0", needs_full_size=True)
+    assert "not held on a quick run's few samples: the distance is small (40.0)" in capsys.readouterr().out
+    monkeypatch.delenv("DDPM_QUICK")
+    with pytest.raises(AssertionError, match="the distance is small"):
+        check(False, "the distance is small", "40.0", needs_full_size=True)
 
 
 def test_output_dir_is_a_scratch_folder_in_quick_mode(tmp_path, monkeypatch):
