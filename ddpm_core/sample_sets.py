@@ -101,8 +101,9 @@ class SampleRecord:
 
     ``samples`` (N, 1, 28, 28) are in [-1, 1] (stored as 8-bit images, so within 1/255 of the
     sampler's output, clipped to [-1, 1]); ``seconds`` is the sampling wall time with ``threads``
-    CPU threads. With a judged trajectory, ``readings[k, n]`` is the digit the judge reads in
-    sample n's predicted x_0 at ``timesteps[k]`` (largest first, 0 last: the finished sample).
+    CPU threads; ``trained`` holds the checkpoint's epoch and epoch-mean losses. With a judged
+    trajectory, ``readings[k, n]`` is the digit the judge reads in sample n's predicted x_0 at
+    ``timesteps[k]`` (largest first, 0 last: the finished sample).
     """
 
     samples: Tensor
@@ -111,6 +112,7 @@ class SampleRecord:
     requested: Tensor | None = None
     timesteps: list[int] | None = None
     readings: Tensor | None = None
+    trained: dict[str, Any] = field(default_factory=dict)
 
 
 _SLOW = {"num_samples": 16, "sampler": "ddim", "steps": 10}  # quick mode's stand-in for DDPM-1000 runs
@@ -145,8 +147,8 @@ def _sets() -> dict[str, SampleSet]:
         sets[f"epoch{epoch:02d}"] = SampleSet(
             f"the book's run after epoch {epoch}, DDPM-1000, seeds 0-255", 256,
             checkpoint=f"{EPOCHS_FOLDER}/epoch_{epoch:03d}.safetensors", quick=_SLOW | {"num_samples": 8})
-    for eta in (0.0, 0.5, 1.0):
-        for steps in (10, 20, 50, 100, 250):
+    for eta, step_counts in ((0.0, (10, 20, 50, 100, 250)), (0.5, (50,)), (1.0, (10, 20, 50, 100, 250))):
+        for steps in step_counts:
             sets[f"ddim{steps}_eta{eta:g}"] = SampleSet(
                 f"the book's model, DDIM-{steps} with eta {eta:g}, seeds 0-255", 256, sampler="ddim", steps=steps,
                 eta=eta, quick={"num_samples": 16, "steps": min(steps, 50)})
@@ -187,10 +189,17 @@ def stored_path(name: str) -> Path:
 def load_samples(name: str, progress: bool = True, **changes: Any) -> SampleRecord:
     """The set ``name`` (with ``changes`` to its settings, as ``sample_set``): read from its file when that
     was made from today's checkpoint and definition, else generated (with a progress bar) and stored.
-    ``DDPM_REGENERATE=1`` always generates."""
+    ``DDPM_REGENERATE=1`` always generates. In quick mode, a stored full set that is up to date (or whose
+    checkpoint is not there: the epoch checkpoints of a fresh clone) gives its first few samples."""
     spec = sample_set(name, **changes)
     path = stored_path(name)
     checkpoint = REPO / spec.checkpoint
+    if quick_mode() and (STORE / path.name).exists():
+        full, stored = read_record(STORE / path.name)
+        full_spec = replace(SAMPLE_SETS[name], **changes)
+        if not checkpoint.exists() or (stored["definition"] == full_spec.definition()
+                                       and stored["checkpoint_sha256"] == sha256_of(checkpoint)):
+            return _first(full, spec.num_samples)
     if path.exists() and not regenerate_mode():
         record, stored = read_record(path)
         if stored["definition"] == spec.definition() and (
@@ -210,9 +219,16 @@ def load_samples(name: str, progress: bool = True, **changes: Any) -> SampleReco
     return read_record(path)[0]
 
 
+def _first(record: SampleRecord, n: int) -> SampleRecord:
+    """The first ``n`` samples of a record, with their labels and trajectory readings."""
+    return replace(record, samples=record.samples[:n],
+                   requested=None if record.requested is None else record.requested[:n],
+                   readings=None if record.readings is None else record.readings[:, :n])
+
+
 def generate_set(spec: SampleSet, checkpoint: Path, progress: bool = True) -> SampleRecord:
     """Generate the set that ``spec`` defines from ``checkpoint``."""
-    from ddpm_core.checkpoint import load_checkpoint
+    from ddpm_core.checkpoint import load_checkpoint, read_metadata
     from ddpm_core.classifier import load_classifier
     from ddpm_core.ddim import ddim_timesteps
     from ddpm_core.evaluation import generate
@@ -228,7 +244,9 @@ def generate_set(spec: SampleSet, checkpoint: Path, progress: bool = True) -> Sa
     generated = generate(loaded, spec.num_samples, seed=spec.seed, sampler=spec.sampler, steps=spec.steps,
                          eta=spec.eta, capture=capture, progress=progress, variance=spec.variance,
                          labels=requested, guidance=spec.guidance)
-    record = SampleRecord(generated.samples, generated.seconds, generated.threads, requested)
+    metadata = read_metadata(checkpoint)
+    trained = {"epoch": metadata.get("epoch"), "loss_history": metadata.get("loss_history")}
+    record = SampleRecord(generated.samples, generated.seconds, generated.threads, requested, trained=trained)
     if generated.trajectory is not None:
         record.timesteps = generated.trajectory.timesteps
         record.readings = read_trajectory(generated.trajectory, load_classifier())
@@ -247,7 +265,8 @@ def from_uint8(pixels: np.ndarray) -> Tensor:
 def write_record(path: Path, record: SampleRecord, spec: SampleSet, checkpoint_sha256: str) -> None:
     """Store ``record`` in a compressed ``.npz`` file, with its definition and the checkpoint's hash."""
     meta = {"what": spec.what, "definition": spec.definition(), "checkpoint_sha256": checkpoint_sha256,
-            "seconds": record.seconds, "threads": record.threads, "timesteps": record.timesteps}
+            "seconds": record.seconds, "threads": record.threads, "timesteps": record.timesteps,
+            "trained": record.trained}
     arrays = {"samples": to_uint8(record.samples), "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
     if record.requested is not None:
         arrays["requested"] = record.requested.to(torch.uint8).numpy()
@@ -270,8 +289,58 @@ def read_record(path: Path) -> tuple[SampleRecord, dict[str, Any]]:
                 requested=torch.from_numpy(stored["requested"]).long() if "requested" in stored else None,
                 timesteps=meta["timesteps"],
                 readings=torch.from_numpy(stored["readings"]).long() if "readings" in stored else None,
+                trained=meta.get("trained", {}),
             )
     except (OSError, ValueError, KeyError) as error:
         raise DDPMError(f"{path} is not a readable sample set ({error}). Delete it, and the chapter generates "
                         f"it again, or restore it with `git checkout {path.name}` in book/samples.") from None
     return record, meta
+
+
+def status(name: str) -> str:
+    """Whether the set ``name`` is stored and made from today's checkpoint and definition."""
+    spec, path = SAMPLE_SETS[name], STORE / f"{name}.npz"
+    if not path.exists():
+        return "missing"
+    _, meta = read_record(path)
+    checkpoint = REPO / spec.checkpoint
+    if meta["definition"] != spec.definition():
+        return "another definition"
+    if checkpoint.exists() and meta["checkpoint_sha256"] != sha256_of(checkpoint):
+        return "another checkpoint"
+    return "stored"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ddpm_core.sample_sets``: list the sets and their state; with names (or ``all``), generate
+    those that are missing or out of date (``--force``: every one named)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ddpm_core.sample_sets", description=main.__doc__)
+    parser.add_argument("names", nargs="*", help="sets to generate, or 'all'")
+    parser.add_argument("--force", action="store_true", help="generate even the sets that are up to date")
+    args = parser.parse_args(argv)
+    if not args.names:
+        for name, spec in SAMPLE_SETS.items():
+            print(f"{name:<22} {status(name):<18} {spec.what}")
+        return 0
+    names = list(SAMPLE_SETS) if args.names == ["all"] else args.names
+    try:
+        for name in names:
+            sample_set(name)  # refuses an unknown name before anything is generated
+        for name in names:
+            if args.force or status(name) != "stored":
+                spec = SAMPLE_SETS[name]
+                print(f"{name}: {spec.what}", flush=True)
+                record = generate_set(spec, REPO / spec.checkpoint)
+                write_record(STORE / f"{name}.npz", record, spec, sha256_of(REPO / spec.checkpoint))
+                print(f"  {len(record.samples)} samples in {record.seconds:.0f} s, stored in book/samples/{name}.npz",
+                      flush=True)
+    except DDPMError as error:
+        print(f"error: {error}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

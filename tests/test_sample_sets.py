@@ -66,6 +66,7 @@ def test_a_set_is_generated_once_then_read_back_within_one_grey_level(store, mon
     assert first.timesteps == [20, 10, 0]
     assert first.readings.shape == (3, 6)
     assert first.seconds > 0 and first.threads == torch.get_num_threads()
+    assert first.trained["epoch"] == 1 and len(first.trained["loss_history"]) == 1  # the tiny run's one epoch
 
 
 def test_the_stored_images_are_the_samplers_output_to_within_half_a_grey_level(store):
@@ -111,6 +112,27 @@ def test_quick_mode_generates_a_few_samples_into_scratch_and_leaves_the_store_al
     assert len(record.samples) == 2
     assert not (store / "samples").exists()
     assert (tmp_path / "scratch" / "samples" / "tiny.npz").is_file()
+
+
+def test_quick_mode_takes_the_first_samples_of_the_stored_set_when_the_checkpoint_is_not_there(
+        store, monkeypatch, tmp_path):
+    full = load_samples("tiny", progress=False)
+    (store / "checkpoints" / "tiny.safetensors").unlink()
+    monkeypatch.setenv("DDPM_QUICK", "1")
+    monkeypatch.setenv("DDPM_SCRATCH", str(tmp_path / "scratch"))
+    quick = load_samples("tiny", progress=False)
+    assert torch.equal(quick.samples, full.samples[:2]) and torch.equal(quick.readings, full.readings[:, :2])
+
+
+def test_quick_mode_takes_the_first_samples_of_an_up_to_date_stored_set(store, monkeypatch, tmp_path):
+    full = load_samples("tiny", progress=False)
+    monkeypatch.setenv("DDPM_QUICK", "1")
+    monkeypatch.setenv("DDPM_SCRATCH", str(tmp_path / "scratch"))
+    calls = count_generations(monkeypatch)
+    assert torch.equal(load_samples("tiny", progress=False).samples, full.samples[:2])
+    assert calls == []
+    # another definition than the stored one: the quick set is generated
+    assert len(load_samples("tiny", progress=False, seed=3).samples) == 2 and len(calls) == 1
 
 
 def test_a_stored_set_is_read_even_when_its_checkpoint_is_not_there(store, monkeypatch):
@@ -175,3 +197,13 @@ def test_every_stored_set_was_made_from_the_committed_checkpoint_with_todays_def
         checkpoint = sample_sets.REPO / spec.checkpoint
         if checkpoint.exists():  # the epoch checkpoints are not committed
             assert meta["checkpoint_sha256"] == sha256_of(checkpoint), f"{path.name} is out of date"
+
+
+def test_the_command_lists_the_sets_and_generates_the_named_ones(store, capsys):
+    assert sample_sets.main([]) == 0
+    assert "tiny" in capsys.readouterr().out.split("\n")[-2]  # the last set, registered last
+    assert sample_sets.status("tiny") == "missing"
+    assert sample_sets.main(["tiny"]) == 0
+    assert sample_sets.status("tiny") == "stored"
+    assert sample_sets.main(["tiny", "ddpm999"]) == 2  # refused before anything is generated
+    assert "no sample set called 'ddpm999'" in capsys.readouterr().out
