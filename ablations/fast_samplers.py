@@ -19,12 +19,17 @@ import time
 from pathlib import Path
 
 ROWS = {  # name: (sampler, steps, eta)
+    "ddim-10": ("ddim", 10, 0.0),
+    "ddim-20": ("ddim", 20, 0.0),
     "ddim-50": ("ddim", 50, 0.0),
+    "ddim-100": ("ddim", 100, 0.0),
     "ddim-50-eta0.5": ("ddim", 50, 0.5),
+    "ddim-50-eta1": ("ddim", 50, 1.0),
+    "ddim-100-eta0.5": ("ddim", 100, 0.5),
     "dpm-10": ("dpm", 10, 0.0),
     "dpm-20": ("dpm", 20, 0.0),
     "dpm-50": ("dpm", 50, 0.0),
-    "ddim-20": ("ddim", 20, 0.0),
+    "dpm-100": ("dpm", 100, 0.0),
 }
 
 

@@ -234,3 +234,19 @@ def test_the_documented_reference_commands_train_the_reference_recipe():
         assert _recipe_of_arguments(flags) == REFERENCE, flags
     # a flag given beside --recipe changes that one setting
     assert _recipe_of_arguments(["train", "--recipe", "reference", "--lr", "1e-3"]) == {**REFERENCE, "lr": 1e-3}
+
+
+def test_every_round_two_result_states_the_command_that_trains_its_candidate_within_the_budget():
+    import json
+    import shlex
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    for file, epochs in (("screen_round2.json", 2), ("full_round2.json", 15)):
+        results = json.loads((repo / "ablations" / file).read_text())
+        assert results, file
+        for name, entry in results.items():
+            argv = shlex.split(entry["command"])[3:]  # after "python -m ddpm_core"
+            assert argv[argv.index("--out") + 1] == f"runs/{'screen2' if epochs == 2 else 'full2'}/{name}"
+            assert _recipe_of_arguments(argv) == ROUND_TWO[name]["recipe"], (file, name)
+            assert entry["epochs"] == epochs and entry["parameters"] <= 324_705, (file, name)
