@@ -156,9 +156,6 @@ def test_code_cells_fit_the_page(path):
 MAX_CELL_LINES = 30
 # Cells longer than a reader takes in at once, until their chapter is next run: they may only shrink.
 KNOWN_LONG_CELLS = {
-    "03_unet.ipynb": {19: 34},
-    "04_training.ipynb": {2: 38, 20: 39},
-    "05_generation.ipynb": {9: 35},
     "06_quality.ipynb": {2: 34, 6: 39, 12: 51, 19: 36},
 }
 
