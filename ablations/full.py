@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from ablations.candidates import ROUND_TWO, recipe_of, train_command, train_flags
-from ablations.screen import _parameters, _trained_epochs
+from ablations.candidates import ROUND_TWO
+from ablations.screen import train_and_describe
 
 SAMPLERS = {  # name in the results: (sampler, steps)
     "ddpm1000": ("ddpm", 1000),
@@ -39,29 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=1000)
     args = parser.parse_args(argv)
 
-    from ddpm_core.checkpoint import read_metadata
     from ddpm_core.evaluation import evaluate_checkpoint
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     for name in args.only.split(","):
         folder = args.out / name
-        if _trained_epochs(folder) < args.epochs:
-            command = [sys.executable, "-m", "ddpm_core", "train", "--epochs", str(args.epochs), "--out",
-                       str(folder), "--seed", "0", "--no-progress", *train_flags(ROUND_TWO[name]["recipe"])]
-            resume = ["--resume"] if (folder / "resume.pt").is_file() else []
-            print(f"[{time.strftime('%H:%M:%S')}] training {name}: {shlex.join(command[1:])}", flush=True)
-            subprocess.run(command + resume, check=True)
-        meta = read_metadata(folder / "model.safetensors")
+        entry = train_and_describe(name, ROUND_TWO[name], args.epochs, args.out)
+        for key in ("model_config", "train_config"):  # the command spells them out
+            entry.pop(key)
         previous = results.get(name, {})
-        entry = {
-            "command": train_command(recipe_of(meta["train_config"], meta["model_config"]), args.epochs,
-                                     f"{args.out}/{name}"),
-            "what": ROUND_TWO[name]["what"],
-            "epochs": args.epochs,
-            "loss_history": meta["loss_history"],
-            "wall_time_s": meta["wall_time_s"],
-            "parameters": _parameters(meta["model_config"]),
-        }
         for key, (sampler, steps) in SAMPLERS.items():
             if key in previous and previous[key].get("num_samples") == args.num_samples:
                 entry[key] = previous[key]

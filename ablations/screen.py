@@ -38,6 +38,32 @@ def _parameters(model_config: dict) -> int:
     return count_parameters(UNet(UNetConfig.from_dict(model_config), NoiseSchedule().alpha_bars))
 
 
+def train_and_describe(name: str, candidate: dict, epochs: int, out: Path) -> dict:
+    """Train ``candidate`` for ``epochs`` into ``out/name`` (resuming, or not at all if it is done), and describe
+    the run from its checkpoint: the command that trains it with every setting spelled out, its losses, its
+    wall time and its parameter count."""
+    from ddpm_core.checkpoint import read_metadata
+
+    folder = out / name
+    if _trained_epochs(folder) < epochs:
+        command = [sys.executable, "-m", "ddpm_core", "train", "--epochs", str(epochs), "--out", str(folder),
+                   "--seed", "0", "--no-progress", *train_flags(candidate["recipe"])]
+        resume = ["--resume"] if (folder / "resume.pt").is_file() else []
+        print(f"[{time.strftime('%H:%M:%S')}] training {name}: {shlex.join(command[1:])}", flush=True)
+        subprocess.run(command + resume, check=True)
+    meta = read_metadata(folder / "model.safetensors")
+    return {
+        "command": train_command(recipe_of(meta["train_config"], meta["model_config"]), epochs, f"{out}/{name}"),
+        "what": candidate["what"],
+        "epochs": epochs,
+        "loss_history": meta["loss_history"],
+        "wall_time_s": meta["wall_time_s"],
+        "model_config": meta["model_config"],
+        "parameters": _parameters(meta["model_config"]),
+        "train_config": meta["train_config"],
+    }
+
+
 def score(weights: Path, use_ema: bool, num_samples: int, seed: int, sampler: str, steps: int) -> dict:
     from ddpm_core.evaluation import evaluate_checkpoint
 
@@ -65,28 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     for name in names:
         folder = args.out / name
-        command = [sys.executable, "-m", "ddpm_core", "train", "--epochs", str(args.epochs), "--out", str(folder),
-                   "--seed", "0", "--no-progress", *train_flags(candidates[name]["recipe"])]
-        if _trained_epochs(folder) < args.epochs:
-            resume = ["--resume"] if (folder / "resume.pt").is_file() else []
-            print(f"[{time.strftime('%H:%M:%S')}] training {name}: {shlex.join(command[1:])}", flush=True)
-            subprocess.run(command + resume, check=True)
-        from ddpm_core.checkpoint import read_metadata
-
-        meta = read_metadata(folder / "model.safetensors")
+        entry = train_and_describe(name, candidates[name], args.epochs, args.out)
         previous = results.get(name, {})
-        entry = {
-            # Rebuilt from what the checkpoint says the run did, with every setting spelled out.
-            "command": train_command(recipe_of(meta["train_config"], meta["model_config"]), args.epochs,
-                                     f"{args.out}/{name}"),
-            "what": candidates[name]["what"],
-            "epochs": args.epochs,
-            "loss_history": meta["loss_history"],
-            "wall_time_s": meta["wall_time_s"],
-            "model_config": meta["model_config"],
-            "parameters": _parameters(meta["model_config"]),
-            "train_config": meta["train_config"],
-        }
         for use_ema in (False, True):
             key = "ema" if use_ema else "raw"
             if previous.get("epochs") == args.epochs and key in previous:  # already scored
