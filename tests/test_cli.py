@@ -71,7 +71,7 @@ def test_evaluate_prints_the_metrics_table_for_a_tiny_run(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path), "--num-samples", "6", "--no-progress"]) == 0
     out = capsys.readouterr().out
     header, _, row = out.splitlines()[:3]
-    for column in ("samples", "Frechet dist.", "confident", "IS", "class max/min", "NN median"):
+    for column in ("samples", "Frechet", "confident", "IS", "max/min", "NN median"):
         assert column in header
     assert row.startswith("DDPM-20 ") and " 6 " in row  # the ancestral sampler runs all T = 20 steps
     assert main(["evaluate", "--checkpoint", str(tmp_path), "--num-samples", "4", "--sampler", "ddim",

@@ -216,9 +216,7 @@ def measured(browser, serve, site) -> dict:
 KNOWN_WIDE_OUTPUTS = {
     "book/06_quality": ("samples Frechet dist. confident IS class max/min NN median NN min test",
                         "raw against EMA weights, seeds 0-255: samples Frechet dist. confident"),
-    "book/07_sharp_digits": ("samples Frechet dist. confident IS class max/min NN median NN min test",
-                             "recipe parameters what changes reference 324,705 the reference recipe:",
-                             "ranked by the epoch-2 loss:"),
+    "book/07_sharp_digits": ("samples Frechet dist. confident IS class max/min NN median NN min test",),
     "book/09_guidance": ("conditional: lock-in median t = 1000 (quartiles 978 to 1000)",),
     "book/10_scale": ("2 processes vs 1 process, 2 noise shards:",
                       "data-parallel training, channels_last fp32, global batch 128"),
