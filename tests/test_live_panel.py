@@ -154,6 +154,12 @@ def test_after_a_run_the_slider_scrubs_its_frames(panel):
     _wait(panel, lambda: _text(panel, "label") == "t = 0", 10, "Play to reach t = 0")
 
 
+def test_ddim_opens_on_the_best_fast_sampler_at_50_calls(panel):
+    """DDIM-50 with eta = 1 is the fast sampler closest to DDPM-1000 (RESULTS.md, round two): the default."""
+    assert _part(panel, "steps").get_attribute("value") == "50"
+    assert float(_part(panel, "eta").get_attribute("value")) == 1.0
+
+
 def test_bad_settings_get_a_clear_message(panel):
     _choose(panel, sampler="ddim", steps=5)
     _part(panel, "generate").click()

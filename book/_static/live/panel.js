@@ -80,7 +80,7 @@
           el("option", {value: "ddim", text: "DDIM"}),
         ])]),
         el("span", {"data-role": "ddim-options"}, [number("steps", 10, 250, 1, 50, "steps"), " ",
-          number("eta", 0, 1, 0.1, 0, "eta")]),
+          number("eta", 0, 1, 0.1, 1, "eta")]),
         el("span", {"data-role": "ddpm-options"}, [number("noise-scale", 0, 1, 0.1, 1, "noise scale")]),
         el("label", {}, [el("input", {type: "checkbox", "data-role": "grid"}), " 16 at once"]),
       ]),
