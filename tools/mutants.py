@@ -1,12 +1,12 @@
-"""Do the tests catch broken maths? Apply small breaking changes to ddpm_core, one at a time, and see
-which test fails.
+"""Do the tests catch broken maths? Apply small breaking changes to ddpm_core, one at a time, and see which
+test fails.
 
-Each mutant is one edit of the package, made in a scratch copy of the repository (the working
-tree is never touched). For each, the unit tests that cover the code run first (stopping at the
-first failure), then the chapter that explains the formula, in quick mode. The table names the
-first unit test that failed and what in the chapter failed: a claim its `check(...)` no longer
-supports, a listing of the package's code that no longer matches (cells tagged
-nbval-check-output), or a cell that raised. A mutant that no test catches is a hole in the
+Each mutant is one bug of ``ddpm_core.bugs`` (the edits that the chapter "When it goes wrong" also
+shows), made in a scratch copy of the repository (the working tree is never touched). For each, the unit
+tests that cover the code run first (stopping at the first failure), then the chapter that explains the
+formula, in quick mode. The table names the first unit test that failed and what in the chapter failed:
+a claim its `check(...)` no longer supports, a listing of the package's code that no longer matches
+(cells tagged nbval-check-output), or a cell that raised. A mutant that no test catches is a hole in the
 tests; the script then exits with status 1.
 
     make mutants                              # all mutants
@@ -18,94 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from ddpm_core.bugs import BUGS, copy_with
+
 NBVAL = ["--nbval-lax", "--nbval-sanitize-with", "book/nbval_sanitize.cfg"]  # as `make nbtest` runs the chapters
-
-
-@dataclass(frozen=True)
-class Mutant:
-    name: str
-    what: str  # the broken formula, in words
-    path: str  # the file of the package to edit
-    old: str  # text that occurs exactly once in it
-    new: str
-    tests: tuple[str, ...]  # unit test files that should catch it
-    chapter: str | None  # the chapter that explains the formula
-
-
-MUTANTS = (
-    Mutant("at-off-by-one", "NoiseSchedule.at reads timestep t+1's value", "ddpm_core/schedule.py",
-           "out = values.to(t.device)[t - 1]", "out = values.to(t.device)[t.clamp(max=self.num_steps - 1)]",
-           ("tests/test_schedule.py",), "book/01_forward_process.ipynb"),
-    Mutant("posterior-mean-coef", "the x_0 coefficient of the posterior mean without its square root",
-           "ddpm_core/schedule.py", "posterior_mean_coef_x0 = alpha_bars_prev.sqrt() * betas",
-           "posterior_mean_coef_x0 = alpha_bars_prev * betas", ("tests/test_schedule.py",),
-           "book/02_reverse_process.ipynb"),
-    Mutant("posterior-variance-beta", "the posterior variance replaced by beta_t", "ddpm_core/schedule.py",
-           "posterior_variance = (1.0 - alpha_bars_prev) / (1.0 - alpha_bars) * betas", "posterior_variance = betas",
-           ("tests/test_schedule.py", "tests/test_ddim.py"), "book/02_reverse_process.ipynb"),
-    Mutant("ancestral-sqrt", "the ancestral step divides by alpha_t, not its square root", "ddpm_core/sampling.py",
-           "x_prev = (xt - beta / (1.0 - alpha_bar) ** 0.5 * eps_pred) / alpha**0.5",
-           "x_prev = (xt - beta / (1.0 - alpha_bar) ** 0.5 * eps_pred) / alpha",
-           ("tests/test_sampling.py",), "book/02_reverse_process.ipynb"),
-    Mutant("ddim-sign", "DDIM's direction term with the wrong sign", "ddpm_core/ddim.py",
-           "x_prev = alpha_bar_prev**0.5 * x0_pred + direction", "x_prev = alpha_bar_prev**0.5 * x0_pred - direction",
-           ("tests/test_ddim.py",), "book/08_ddim.ipynb"),
-    Mutant("no-noise-at-t2", "no fresh noise at the last step but one (t = 2)", "ddpm_core/sampling.py",
-           "if t == 1 or noise_scale == 0:", "if t <= 2 or noise_scale == 0:",
-           ("tests/test_sampling.py",), "book/02_reverse_process.ipynb"),
-    Mutant("unet-skip", "the UNet's skip connections carry zeros", "ddpm_core/unet.py",
-           "torch.cat([h, skips.pop()], dim=1)", "torch.cat([h, torch.zeros_like(skips.pop())], dim=1)",
-           ("tests/test_unet.py",), "book/03_unet.ipynb"),
-    Mutant("ema-1-minus-decay", "the EMA moves by decay instead of 1 - decay", "ddpm_core/recipe.py",
-           "ema_state[name].lerp_(value, 1.0 - decay)", "ema_state[name].lerp_(value, decay)",
-           ("tests/test_training.py",), "book/07_sharp_digits.ipynb"),
-    Mutant("frechet-no-trace", "the Frechet distance without its trace term", "ddpm_core/metrics.py",
-           "    return float(metric.compute())",
-           "    mean = lambda s, n: s / n  # noqa: E731\n"
-           "    return float((mean(metric.real_features_sum, metric.real_features_num_samples)\n"
-           "                  - mean(metric.fake_features_sum, metric.fake_features_num_samples)).square().sum())",
-           ("tests/test_metrics.py",), "book/06_quality.ipynb"),
-    Mutant("trajectory-late", "the trajectory records x_{t-1} as x_t: one step late", "ddpm_core/sampling.py",
-           "            if batch.captures(t):\n"
-           "                batch.record(t, x, schedule.predict_x0(x, t, eps_pred))\n"
-           "            x = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # 4\n",
-           "            x_next = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # 4\n"
-           "            if batch.captures(t):\n"
-           "                batch.record(t, x_next, schedule.predict_x0(x, t, eps_pred))\n"
-           "            x = x_next\n",
-           ("tests/test_sampling.py",), "book/05_generation.ipynb"),
-)
-
-
-def scratch_copy() -> Path:
-    """The committed files and any changes to them, in a new folder (no .venv, runs or build)."""
-    root = Path(tempfile.mkdtemp(prefix="ddpm-mutant-"))
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for name in files:
-        source = REPO / name
-        if source.is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-    return root
-
-
-def mutate(root: Path, mutant: Mutant) -> None:
-    path = root / mutant.path
-    text = path.read_text()
-    if text.count(mutant.old) != 1:
-        raise SystemExit(f"{mutant.name}: the text to mutate occurs {text.count(mutant.old)} times in "
-                         f"{mutant.path}, not once; update tools/mutants.py to today's code.")
-    path.write_text(text.replace(mutant.old, mutant.new))
+MUTANTS = BUGS  # every bug of ddpm_core.bugs: the chapter's gallery and the formulas the unit tests guard
 
 
 def pytest(root: Path, args: list[str], quick: bool) -> tuple[bool, str, str]:
@@ -151,16 +72,12 @@ def main() -> int:
     rows, survivors = [], []
     for mutant in chosen:
         started = time.perf_counter()
-        root = scratch_copy()
-        try:
-            mutate(root, mutant)
+        with copy_with(mutant) as root:
             unit_passed, unit_failure, _ = pytest(root, list(mutant.tests), quick=False)
             chapter = "-"
             if mutant.chapter and not args.no_chapters:
                 chapter_passed, _, output = pytest(root, [*NBVAL, mutant.chapter], quick=True)
                 chapter = f"{Path(mutant.chapter).stem}: {chapter_verdict(chapter_passed, output)}"
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
         caught = not unit_passed or not (chapter == "-" or chapter.endswith("missed"))
         if not caught:
             survivors.append(mutant.name)
