@@ -1,0 +1,127 @@
+"""How long each chapter takes a reader to run, top to bottom, from a fresh clone.
+
+Each chapter runs as a reader's Jupyter would run it: the default mode (no quick mode, nothing
+regenerated), its kernel started in ``book/``, in a fresh ``git clone`` of the current commit, so
+only what is committed is there (the sample sets and checkpoints, no ``runs/``). The executed copy
+goes to a scratch folder; the stored chapters are not touched. A chapter that runs longer than
+``--limit`` minutes is stopped and recorded as over the limit.
+
+    python -m tools.chapter_times                 # every chapter
+    python -m tools.chapter_times 05_generation   # one chapter, merged into the stored results
+    python -m tools.chapter_times --check         # only compare the README's table with the results
+
+The results go to ``book/results/chapter_times.json`` with the machine, its thread count and the
+commit, and the README's table (between its ``chapter-times`` markers) is rewritten from them.
+Time them on an otherwise idle machine: another job on the same cores slows every chapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "book" / "results" / "chapter_times.json"
+README = REPO / "README.md"
+START, END = "<!-- chapter-times:start -->", "<!-- chapter-times:end -->"
+LIMIT_MINUTES = 10  # what a reader should wait for one chapter
+
+
+def chapters() -> list[str]:
+    return sorted(path.stem for path in (REPO / "book").glob("[0-9][0-9]_*.ipynb"))
+
+
+def fresh_clone() -> Path:
+    """A clone of the current commit: what a reader gets (uncommitted changes are not in it)."""
+    root = Path(tempfile.mkdtemp(prefix="ddpm-fresh-clone-"))
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(root / "book-clone")], check=True)
+    return root / "book-clone"
+
+
+def run_chapter(clone: Path, name: str, limit_minutes: float) -> dict:
+    """Execute one chapter in ``clone`` as a reader would; its wall time in seconds and whether it finished."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("DDPM_QUICK", "DDPM_REGENERATE", "DDPM_SCRATCH")}
+    env["PYTHONPATH"] = str(clone)  # the clone's package, not the working tree's
+    scratch = Path(tempfile.mkdtemp(prefix="ddpm-chapter-"))
+    command = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+               "--output-dir", str(scratch), f"--ExecutePreprocessor.timeout={int(limit_minutes * 60)}",
+               str(clone / "book" / f"{name}.ipynb")]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True,
+                              timeout=limit_minutes * 60 + 60)
+        finished, detail = done.returncode == 0, done.stderr[-600:]
+    except subprocess.TimeoutExpired:
+        finished, detail = False, f"stopped after {limit_minutes:g} minutes"
+    seconds = time.perf_counter() - started
+    if not finished:
+        print(f"{name}: did not finish: {detail.strip()}", file=sys.stderr)
+    return {"seconds": round(seconds, 1), "finished": finished}
+
+
+def machine() -> tuple[str, int]:
+    import torch
+
+    from ddpm_core.device import device_description
+
+    return device_description(torch.device("cpu")), torch.get_num_threads()
+
+
+def table(results: dict) -> str:
+    rows = [f"Measured from a fresh clone on {results['machine']}, {results['measured_on']} "
+            f"(`python -m tools.chapter_times`):", "",
+            "| chapter | run time |", "| --- | ---: |"]
+    for name, entry in sorted(results["chapters"].items()):
+        minutes = entry["seconds"] / 60
+        shown = f"{minutes:.1f} min" if entry["finished"] else f"stopped after {minutes:.0f} min"
+        rows.append(f"| `{name}` | {shown} |")
+    return "\n".join(rows)
+
+
+def readme_with(text: str, block: str) -> str:
+    if START not in text or END not in text:
+        raise SystemExit(f"README.md has no {START} ... {END} block for the table of chapter times.")
+    head, rest = text.split(START, 1)
+    return f"{head}{START}\n{block}\n{END}{rest.split(END, 1)[1]}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Time each chapter's default run from a fresh clone.")
+    parser.add_argument("chapters", nargs="*", help="chapter names such as 05_generation (default: all)")
+    parser.add_argument("--limit", type=float, default=LIMIT_MINUTES + 5, help="stop a chapter after this many minutes")
+    parser.add_argument("--check", action="store_true", help="only check that the README shows the stored results")
+    args = parser.parse_args()
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"chapters": {}}
+    if args.check:
+        expected = readme_with(README.read_text(), table(stored))
+        if expected != README.read_text():
+            print("README.md's table of chapter times is stale: run python -m tools.chapter_times", file=sys.stderr)
+            return 1
+        return 0
+    unknown = set(args.chapters) - set(chapters())
+    if unknown:
+        raise SystemExit(f"No chapter called {sorted(unknown)}; the chapters are {', '.join(chapters())}.")
+    clone = fresh_clone()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    name_of_machine, threads = machine()
+    for name in args.chapters or chapters():
+        entry = run_chapter(clone, name, args.limit)
+        stored["chapters"][name] = entry | {"commit": commit}
+        print(f"{name}: {entry['seconds'] / 60:.1f} min" + ("" if entry["finished"] else " (stopped)"), flush=True)
+    stored |= {"machine": name_of_machine, "threads": threads, "measured_on": datetime.date.today().isoformat()}
+    RESULTS.write_text(json.dumps(stored, indent=1) + "\n")
+    README.write_text(readme_with(README.read_text(), table(stored)))
+    return 0 if all(entry["finished"] for entry in stored["chapters"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
