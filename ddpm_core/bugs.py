@@ -15,8 +15,10 @@ edit's ``old`` text must occur exactly once in today's file (``tests/test_mutant
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -138,6 +140,30 @@ def copy_with(bug: Bug) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+TRAINING_RUNS = "runs/bugs"  # runs/bugs/NAME: two epochs with a training bug; runs/bugs/correct: without one
+CORRECT = "correct"
+
+
+def training_run(name: str) -> str:
+    """The folder (relative to the repository) of the short run with the training bug ``name``, or without
+    one (``"correct"``)."""
+    return f"{TRAINING_RUNS}/{name}"
+
+
+def train_with(name: str, epochs: int = 2) -> Path:
+    """Train the book's recipe for ``epochs`` on the 60,000 images with the training bug ``name`` (or
+    ``"correct"``: without one) into ``runs/bugs/NAME``, resuming a run already there."""
+    out = REPO / training_run(name)
+    command = [sys.executable, "-m", "ddpm_core", "train", "--epochs", str(epochs), "--out", str(out),
+               "--seed", "0", "--no-progress"] + (["--resume"] if (out / "resume.pt").is_file() else [])
+    if name == CORRECT:
+        subprocess.run(command, cwd=REPO, check=True)
+        return out
+    with copy_with(bug(name)) as root:
+        subprocess.run(command, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+    return out
+
+
 def bug(name: str) -> Bug:
     """The bug called ``name``."""
     for candidate in BUGS:
@@ -187,6 +213,10 @@ BUGS: tuple[Bug, ...] = (
          "training", UNET, "time_emb = self.time_embed(t)  # (B,) -> (B, time_embed_dim)",
          "time_emb = self.time_embed(torch.zeros_like(t))  # (B,) -> (B, time_embed_dim)",
          ("tests/test_unet.py",), "book/03_unet.ipynb"),
+    _one("short-schedule", "a schedule of T = 50 steps with the betas meant for T = 1000", "training",
+         "ddpm_core/recipe.py", "num_steps: int = 1000  # T of the noise schedule",
+         "num_steps: int = 50  # T of the noise schedule", ("tests/test_training.py",),
+         "book/01_forward_process.ipynb"),
     _one("x0-target", "the loss compares the network's output with x_0, while the sampler reads it as eps",
          "training", "ddpm_core/objective.py", "return (eps_pred.float() - noise).square().flatten(1).mean(1)",
          "return (eps_pred.float() - x0).square().flatten(1).mean(1)", ("tests/test_training.py",),
@@ -234,3 +264,31 @@ BUGS: tuple[Bug, ...] = (
          "            x = x_next\n",
          ("tests/test_sampling.py",), "book/05_generation.ipynb"),
 )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ddpm_core.bugs``: list the bugs; ``train [NAMES]`` trains the short runs of the training
+    bugs (and the run without a bug) that the chapter samples."""
+    parser = argparse.ArgumentParser(prog="python -m ddpm_core.bugs", description=main.__doc__)
+    parser.add_argument("command", nargs="?", choices=("list", "train"), default="list")
+    parser.add_argument("names", nargs="*", help="training bugs to train, or 'correct' (default: all and 'correct')")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of each run (default 2)")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for entry in BUGS:
+            print(f"{entry.name:<24} {entry.stage:<9} {entry.what}")
+        return 0
+    training = [entry.name for entry in BUGS if entry.stage == "training"]
+    names = args.names or [CORRECT, *training]
+    unknown = set(names) - {CORRECT, *training}
+    if unknown:
+        print(f"error: {sorted(unknown)} are not training bugs; they are {', '.join(training)} and {CORRECT!r}.")
+        return 2
+    for name in names:
+        print(f"training {name} for {args.epochs} epochs into {training_run(name)}", flush=True)
+        train_with(name, args.epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -67,3 +67,13 @@ def test_a_training_bug_is_refused_as_a_module_and_lives_in_a_scratch_copy():
 def test_an_unknown_bug_is_named_with_the_known_ones():
     with pytest.raises(DDPMError, match="reversed-time"):
         bug("no-such-bug")
+
+
+def test_the_bugs_command_lists_them_and_trains_only_training_bugs(capsys):
+    from ddpm_core.bugs import main
+
+    assert main([]) == 0
+    listed = capsys.readouterr().out
+    assert all(entry.name in listed for entry in BUGS)
+    assert main(["train", "reversed-time"]) == 2  # a sampling bug has no training run
+    assert "not training bugs" in capsys.readouterr().out

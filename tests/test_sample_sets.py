@@ -178,11 +178,11 @@ def test_labels_and_readings_survive_the_round_trip(tmp_path):
         assert stored["samples"].dtype == np.uint8
 
 
-def test_every_quick_set_is_smaller_than_its_full_set_and_every_checkpoint_is_the_books():
+def test_every_quick_set_is_smaller_than_its_full_set_and_every_checkpoint_is_the_books_or_a_known_run():
     for name, spec in SAMPLE_SETS.items():
         quick = spec.in_quick_mode()
         assert quick.num_samples < spec.num_samples, name
-        assert spec.checkpoint.startswith(("book/checkpoints/", sample_sets.EPOCHS_FOLDER)), name
+        assert spec.checkpoint.startswith(("book/checkpoints/", sample_sets.EPOCHS_FOLDER, "runs/bugs/")), name
         if spec.labels == "rows":
             assert spec.num_samples % 10 == 0 and quick.num_samples % 10 == 0, name
 
@@ -207,3 +207,21 @@ def test_the_command_lists_the_sets_and_generates_the_named_ones(store, capsys):
     assert sample_sets.status("tiny") == "stored"
     assert sample_sets.main(["tiny", "ddpm999"]) == 2  # refused before anything is generated
     assert "no sample set called 'ddpm999'" in capsys.readouterr().out
+
+
+def test_a_set_with_a_bug_is_made_by_the_broken_package_and_stored_as_its_own(store):
+    from ddpm_core.bugs import bug
+
+    clean = SampleSet("the tiny run, DDPM", 3, checkpoint="checkpoints/tiny.safetensors")
+    broken = SampleSet("the tiny run, DDPM, noise at t = 1", 3, checkpoint="checkpoints/tiny.safetensors",
+                       bug="noise-at-t1")
+    checkpoint = store / "checkpoints" / "tiny.safetensors"
+    without = sample_sets.generate_set(clean, checkpoint, progress=False)
+    with_bug = sample_sets.generate_set(broken, checkpoint, progress=False)
+    # read back from the copy's file: 8-bit images, clipped to [-1, 1]
+    gap = (with_bug.samples - without.samples.clamp(-1, 1)).abs()
+    # the same noise up to the last step: the images differ by sigma_1 z, a grain of a few grey levels
+    sigma_1 = 1e-4 ** 0.5  # the tiny schedule's beta_1
+    assert 2 / 255 < gap.max() < 6 * sigma_1 + 1 / 255
+    assert "bug" not in clean.definition() and broken.definition()["bug"] == "noise-at-t1"
+    assert "/ 127.5 - 1.0" in bug("images-0-1").edits[0].old  # the package itself is left as it was
