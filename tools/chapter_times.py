@@ -86,9 +86,18 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+INTRODUCTION = """Each chapter, run top to bottom in Jupyter from a fresh clone, reads the committed sample sets and
+checkpoints instead of generating them again (`DDPM_REGENERATE=1` regenerates every sample set it reads):
+"""
+ANCHOR = "The book ships the trained weights, so no chapter trains the full run.\n"
+
+
 def readme_with(text: str, block: str) -> str:
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} block for the table of chapter times.")
+    """The README with ``block`` between its chapter-times markers (placed after the training time the first time)."""
+    if START not in text:
+        if ANCHOR not in text:
+            raise SystemExit(f"README.md has neither the {START} block nor the line {ANCHOR.strip()!r}.")
+        text = text.replace(ANCHOR, f"{ANCHOR}\n{INTRODUCTION}\n{START}\n{END}\n", 1)
     head, rest = text.split(START, 1)
     return f"{head}{START}\n{block}\n{END}{rest.split(END, 1)[1]}"
 
