@@ -165,6 +165,10 @@ def _sets() -> dict[str, SampleSet]:
             f"the conditional model, DDIM-100, guidance w = {w:g}, sample i asks for i mod 10, seeds 0-499", 500,
             checkpoint=CONDITIONAL_MODEL, sampler="ddim", steps=100, labels="cycle", guidance=w,
             quick={"num_samples": 20, "steps": 10})
+    sets["guidance_w3_ema"] = SampleSet(
+        "the conditional model's EMA weights, DDIM-100, guidance w = 3, sample i asks for i mod 10, seeds 0-499", 500,
+        checkpoint=CONDITIONAL_MODEL, ema=True, sampler="ddim", steps=100, labels="cycle", guidance=3.0,
+        quick={"num_samples": 20, "steps": 10})
     return sets
 
 
