@@ -113,3 +113,18 @@ def test_anchor_slugs_follow_myst():
     # the rule the links above rely on: maths is left out of a heading's anchor
     assert heading_anchors(["## The closed form $q(x_t \\mid x_0)$\n\n## Summary\n\n## Summary\n"]) == [
         "the-closed-form-", "summary", "summary-1"]
+
+
+def test_the_readme_table_of_chapter_times_is_written_from_the_results_and_checked():
+    from tools import chapter_times
+
+    results = {"machine": "a CPU, 2 threads", "measured_on": "2026-12-02",
+               "chapters": {"01_forward_process": {"seconds": 75.0, "finished": True},
+                            "06_quality": {"seconds": 900.0, "finished": False}}}
+    readme = "# Book\n\n" + chapter_times.ANCHOR + "\n## Layout\n"
+    once = chapter_times.readme_with(readme, chapter_times.table(results))
+    twice = chapter_times.readme_with(once, chapter_times.table(results))
+    assert once == twice  # the block is replaced, not added again
+    assert once.index(chapter_times.ANCHOR) < once.index("| `01_forward_process` | 1.2 min |") < once.index("## Layout")
+    assert "| `06_quality` | stopped after 15 min |" in once
+    assert chapter_times.main(["--check"]) == 0  # the README shows what is stored

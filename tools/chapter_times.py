@@ -102,12 +102,12 @@ def readme_with(text: str, block: str) -> str:
     return f"{head}{START}\n{block}\n{END}{rest.split(END, 1)[1]}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Time each chapter's default run from a fresh clone.")
     parser.add_argument("chapters", nargs="*", help="chapter names such as 05_generation (default: all)")
     parser.add_argument("--limit", type=float, default=LIMIT_MINUTES + 5, help="stop a chapter after this many minutes")
     parser.add_argument("--check", action="store_true", help="only check that the README shows the stored results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"chapters": {}}
     if args.check:
         if not stored["chapters"]:
