@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ddpm_core.errors import DDPMError
+from ddpm_core.files import atomic_write
 
 PACKAGE = Path(__file__).resolve().parent
 REPO = PACKAGE.parent
@@ -150,18 +152,44 @@ def training_run(name: str) -> str:
     return f"{TRAINING_RUNS}/{name}"
 
 
+LOSSES = REPO / "book" / "results" / "bug_losses.json"  # the short runs' held-out loss by timestep
+FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
 def train_with(name: str, epochs: int = 2) -> Path:
     """Train the book's recipe for ``epochs`` on the 60,000 images with the training bug ``name`` (or
-    ``"correct"``: without one) into ``runs/bugs/NAME``, resuming a run already there."""
+    ``"correct"``: without one) into ``runs/bugs/NAME``, resuming a run already there; then store its
+    held-out loss by timestep in ``book/results/bug_losses.json``, measured by the same code it trained with."""
     out = REPO / training_run(name)
     command = [sys.executable, "-m", "ddpm_core", "train", "--epochs", str(epochs), "--out", str(out),
                "--seed", "0", "--no-progress"] + (["--resume"] if (out / "resume.pt").is_file() else [])
+    measure = [sys.executable, "-m", "ddpm_core.bugs", "losses", str(out / "model.safetensors")]
     if name == CORRECT:
         subprocess.run(command, cwd=REPO, check=True)
-        return out
-    with copy_with(bug(name)) as root:
-        subprocess.run(command, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+        measured = subprocess.run(measure, cwd=REPO, check=True, capture_output=True, text=True)
+    else:
+        with copy_with(bug(name)) as root:
+            env = {**os.environ, "PYTHONPATH": str(root)}
+            subprocess.run(command, cwd=root, env=env, check=True)
+            measured = subprocess.run(measure, cwd=root, env=env, check=True, capture_output=True, text=True)
+    stored = json.loads(LOSSES.read_text()) if LOSSES.exists() else {}
+    stored[name] = json.loads(measured.stdout)
+    atomic_write(LOSSES, lambda tmp: Path(tmp).write_text(json.dumps(stored, indent=1) + "\n"))
     return out
+
+
+def held_out_losses(checkpoint: str | Path, num_images: int = 2000) -> dict[str, list]:
+    """The held-out L_simple of a checkpoint at timesteps spread over its schedule (fractions of its T), on the
+    first ``num_images`` test digits as this package loads them."""
+    from ddpm_core.checkpoint import load_checkpoint
+    from ddpm_core.data import load_mnist
+    from ddpm_core.evaluation import loss_by_timestep
+
+    loaded = load_checkpoint(checkpoint)
+    steps = loaded.schedule.num_steps
+    timesteps = sorted({max(1, round(f * steps)) for f in FRACTIONS})
+    images, _ = load_mnist(train=False, subset=num_images)
+    return {"timesteps": timesteps, "loss": loss_by_timestep(loaded.model, loaded.schedule, images, timesteps)}
 
 
 def bug(name: str) -> Bug:
@@ -270,10 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m ddpm_core.bugs``: list the bugs; ``train [NAMES]`` trains the short runs of the training
     bugs (and the run without a bug) that the chapter samples."""
     parser = argparse.ArgumentParser(prog="python -m ddpm_core.bugs", description=main.__doc__)
-    parser.add_argument("command", nargs="?", choices=("list", "train"), default="list")
+    parser.add_argument("command", nargs="?", choices=("list", "train", "losses"), default="list")
     parser.add_argument("names", nargs="*", help="training bugs to train, or 'correct' (default: all and 'correct')")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each run (default 2)")
     args = parser.parse_args(argv)
+    if args.command == "losses":  # how train_with measures a run, in the copy with its bug
+        print(json.dumps(held_out_losses(args.names[0])))
+        return 0
     if args.command == "list":
         for entry in BUGS:
             print(f"{entry.name:<24} {entry.stage:<9} {entry.what}")

@@ -8,7 +8,7 @@ from ddpm_core import NoiseSchedule
 from ddpm_core import sampling as real_sampling
 from ddpm_core.bugs import BUGS, STAGES, bug, copy_with
 from ddpm_core.errors import DDPMError
-from tests.helpers import REPO
+from tests.helpers import REPO, mnist_available
 from tools.mutants import MUTANTS
 
 
@@ -77,3 +77,14 @@ def test_the_bugs_command_lists_them_and_trains_only_training_bugs(capsys):
     assert all(entry.name in listed for entry in BUGS)
     assert main(["train", "reversed-time"]) == 2  # a sampling bug has no training run
     assert "not training bugs" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not mnist_available(), reason="needs MNIST in $DDPM_DATA_DIR")
+def test_a_short_run_is_measured_at_timesteps_spread_over_its_own_schedule(tiny_run):
+    from ddpm_core.bugs import FRACTIONS, held_out_losses
+
+    measured = held_out_losses(tiny_run / "model.safetensors", num_images=8)
+    # the tiny run's schedule has T = 20: fractions of it, rounded, at least 1, each once
+    assert measured["timesteps"] == sorted({max(1, round(f * 20)) for f in FRACTIONS})
+    assert measured["timesteps"][0] == 1 and measured["timesteps"][-1] == 20
+    assert len(measured["loss"]) == len(measured["timesteps"]) and all(v > 0 for v in measured["loss"])
