@@ -343,3 +343,11 @@ def test_the_sanitiser_masks_times_machines_and_temporary_paths():
     # numbers that are results, not timings, stay
     assert clean("324,705 parameters, 11 labels x 64 = 704") == "324,705 parameters, 11 labels x 64 = 704"
     assert clean("share dropped to 'no class': 0.0997") == "share dropped to 'no class': 0.0997"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_has_its_own_id(path):
+    notebook = load(path)
+    ids = [cell.get("id") for cell in notebook["cells"]]
+    assert (notebook["nbformat"], notebook["nbformat_minor"]) >= (4, 5), f"{path.name}: nbformat 4.5 gives cells ids"
+    assert None not in ids and len(set(ids)) == len(ids), f"{path.name}: a cell without an id, or two with one id"
