@@ -243,7 +243,7 @@ BUGS: tuple[Bug, ...] = (
          ("tests/test_unet.py",), "book/03_unet.ipynb"),
     _one("short-schedule", "a schedule of T = 50 steps with the betas meant for T = 1000", "training",
          "ddpm_core/recipe.py", "num_steps: int = 1000  # T of the noise schedule",
-         "num_steps: int = 50  # T of the noise schedule", ("tests/test_training.py",),
+         "num_steps: int = 50  # T of the noise schedule", ("tests/test_recipes.py",),
          "book/01_forward_process.ipynb"),
     _one("x0-target", "the loss compares the network's output with x_0, while the sampler reads it as eps",
          "training", "ddpm_core/objective.py", "return (eps_pred.float() - noise).square().flatten(1).mean(1)",

@@ -250,3 +250,13 @@ def test_every_round_two_result_states_the_command_that_trains_its_candidate_wit
             assert argv[argv.index("--out") + 1] == f"runs/{'screen2' if epochs == 2 else 'full2'}/{name}"
             assert _recipe_of_arguments(argv) == ROUND_TWO[name]["recipe"], (file, name)
             assert entry["epochs"] == epochs and entry["parameters"] <= 324_705, (file, name)
+
+
+def test_the_books_recipe_keeps_the_reference_runs_schedule():
+    """T = 1000 and betas from 1e-4 to 0.02: the budget every recipe shares. With T = 50 and the same betas,
+    alpha_bar_T would be 0.60, not 4e-5, and sampling from pure noise would fail (the bug short-schedule of
+    ddpm_core.bugs)."""
+    schedule = TrainConfig().schedule()
+    assert schedule.num_steps == 1000
+    assert torch.allclose(schedule.betas, torch.linspace(1e-4, 0.02, 1000, dtype=schedule.betas.dtype))
+    assert schedule.alpha_bars[-1] < 1e-4  # x_T is noise: the sampler's N(0, I) start is right
