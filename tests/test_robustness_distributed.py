@@ -245,8 +245,9 @@ def test_a_killed_process_is_reported_once_and_the_last_checkpoint_resumes(tmp_p
     if "stopped:" in output:  # torchrun's SIGTERM came first: handled, with 128 + 15
         assert "process 1 of 2 ended" in output and "torchrun" in output, output
         assert exit_codes.get("0") == "143", output
-    else:  # rank 0's collective failed first: the training loop's message
-        assert "lost contact" in output and exit_codes.get("0") == "2", output
+    else:  # rank 0's collective failed first: the training loop's message, then its exit with 2, unless
+        # torchrun's SIGTERM reaches it while it exits, after the message (-15)
+        assert "lost contact" in output and exit_codes.get("0") in ("2", "-15"), output
     # The advice works: the command it gives continues the run (here for one more epoch).
     given = re.search(r"continue with `([^`]+)`", output)
     command = shlex.split(given.group(1)) if given else ["torchrun", "--nproc-per-node", "2", "-m", "ddpm_core",
