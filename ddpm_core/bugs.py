@@ -130,10 +130,15 @@ def scratch_copy(repo: Path = REPO) -> Path:
     return root
 
 
+def env_of(root: Path) -> dict[str, str]:
+    """The environment that runs the package of the copy at ``root``, not the installed one."""
+    return {**os.environ, "PYTHONPATH": str(root)}
+
+
 @contextmanager
 def copy_with(bug: Bug) -> Iterator[Path]:
     """A scratch copy of the repository with ``bug`` in it, removed afterwards. Run its package with
-    ``PYTHONPATH`` set to the copy, so that every module imports the broken one."""
+    ``env_of(root)``, so that every module imports the broken one."""
     root = scratch_copy()
     try:
         bug.apply(root)
@@ -169,7 +174,7 @@ def train_with(name: str, epochs: int = 2) -> Path:
         measured = subprocess.run(measure, cwd=REPO, check=True, capture_output=True, text=True)
     else:
         with copy_with(bug(name)) as root:
-            env = {**os.environ, "PYTHONPATH": str(root)}
+            env = env_of(root)
             subprocess.run(command, cwd=root, env=env, check=True)
             measured = subprocess.run(measure, cwd=root, env=env, check=True, capture_output=True, text=True)
     stored = json.loads(LOSSES.read_text()) if LOSSES.exists() else {}

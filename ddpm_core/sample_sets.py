@@ -296,14 +296,14 @@ def _generate_with_bug(spec: SampleSet, checkpoint: Path) -> SampleRecord:
     import subprocess
     import sys
 
-    from ddpm_core.bugs import bug, copy_with
+    from ddpm_core.bugs import bug, copy_with, env_of
 
     with copy_with(bug(spec.bug)) as root:
         into = root / "scratch" / "with_bug.npz"
         settings = {key: value for key, value in asdict(spec).items() if key not in ("bug", "quick")}
         command = [sys.executable, "-m", "ddpm_core.sample_sets", "--settings", json.dumps(settings),
                    "--checkpoint", str(checkpoint.resolve()), "--into", str(into)]
-        done = subprocess.run(command, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+        done = subprocess.run(command, cwd=root, env=env_of(root))
         if done.returncode != 0 or not into.exists():
             raise DDPMError(f"Generating {spec.what!r} with the bug {spec.bug!r} failed (exit {done.returncode}); "
                             f"its output is above.")

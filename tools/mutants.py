@@ -16,14 +16,13 @@ tests; the script then exits with status 1.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ddpm_core.bugs import BUGS, copy_with
+from ddpm_core.bugs import BUGS, copy_with, env_of
 
 NBVAL = ["--nbval-lax", "--nbval-sanitize-with", "book/nbval_sanitize.cfg"]  # as `make nbtest` runs the chapters
 MUTANTS = BUGS  # every bug of ddpm_core.bugs: the chapter's gallery and the formulas the unit tests guard
@@ -35,7 +34,7 @@ def pytest(root: Path, args: list[str], quick: bool) -> tuple[bool, str, str]:
     Returns (passed, first failing test, pytest's output). Unit tests stop at the first failure;
     a chapter runs to its end, so that every claim it can no longer support is reported.
     """
-    env = {**os.environ, "PYTHONPATH": str(root), "DDPM_SCRATCH": str(root / "scratch")}
+    env = env_of(root) | {"DDPM_SCRATCH": str(root / "scratch")}
     if quick:
         env["DDPM_QUICK"] = "1"
     stop = [] if quick else ["-x"]
