@@ -11,21 +11,27 @@ tests; the script then exits with status 1.
 
     make mutants                              # all mutants
     python -m tools.mutants --only ddim-sign  # one of them
+
+Each mutant's row is also kept in ``book/results/mutants.json`` (a run of some mutants replaces only
+their rows), which the chapter "When it goes wrong" reads for its table of which check catches which bug.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ddpm_core.bugs import BUGS, copy_with, env_of
+from ddpm_core.bugs import BUGS, REPO, copy_with, env_of
+from ddpm_core.files import atomic_write
 
 NBVAL = ["--nbval-lax", "--nbval-sanitize-with", "book/nbval_sanitize.cfg"]  # as `make nbtest` runs the chapters
 MUTANTS = BUGS  # every bug of ddpm_core.bugs: the chapter's gallery and the formulas the unit tests guard
+RESULTS = REPO / "book" / "results" / "mutants.json"
 
 
 def pytest(root: Path, args: list[str], quick: bool) -> tuple[bool, str, str]:
@@ -62,10 +68,22 @@ def chapter_verdict(passed: bool, output: str) -> str:
     return f"error in {where}"
 
 
+def keep(path: Path, name: str, unit: str, chapter: str, caught: bool) -> None:
+    """Store one mutant's verdicts in ``path``, keeping the rows of the others."""
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    rows[name] = {"unit_test": unit, "chapter": chapter, "caught": caught}
+    order = [m.name for m in MUTANTS]
+    rows = {k: rows[k] for k in sorted(rows, key=lambda k: order.index(k) if k in order else len(order))}
+    text = json.dumps(rows, indent=1) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Apply each mutant to a scratch copy and report what catches it.")
     parser.add_argument("--only", action="append", help="run only this mutant (repeatable)")
     parser.add_argument("--no-chapters", action="store_true", help="skip the chapters (unit tests only)")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help=f"JSON file that keeps each mutant's row (default {RESULTS.relative_to(REPO)})")
     args = parser.parse_args()
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
     rows, survivors = [], []
@@ -82,6 +100,8 @@ def main() -> int:
             survivors.append(mutant.name)
         seconds = f"{time.perf_counter() - started:.0f}"
         rows.append((mutant.name, mutant.what, unit_failure or "missed", chapter, seconds))
+        if not args.no_chapters:
+            keep(args.results, mutant.name, unit_failure or "missed", chapter, caught)
         print(f"{mutant.name}: {'caught' if caught else 'SURVIVED'}", file=sys.stderr, flush=True)
     widths = [max(len(r[i]) for r in [("mutant", "broken formula", "first failing unit test", "chapter", "s"), *rows])
               for i in range(5)]
