@@ -158,6 +158,7 @@ def training_run(name: str) -> str:
 
 
 LOSSES = REPO / "book" / "results" / "bug_losses.json"  # the short runs' held-out loss by timestep
+VERDICTS = REPO / "book" / "results" / "mutants.json"  # what caught each bug: `make mutants`
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -231,8 +232,8 @@ BUGS: tuple[Bug, ...] = (
          SAMPLING, "return x_prev + noise_scale * sigma * noise", "return x_prev", ("tests/test_sampling.py",),
          "book/05_generation.ipynb"),
     _one("display-0-1", "samples in [-1, 1] are shown as if they were in [0, 1]", "display", "ddpm_core/viz.py",
-         "grid = tv_make_grid((images.clamp(-1, 1) + 1) / 2, nrow=nrow, padding=padding, pad_value=1.0)",
-         "grid = tv_make_grid(images.clamp(0, 1), nrow=nrow, padding=padding, pad_value=1.0)",
+         "images = (images.clamp(-1, 1) + 1) / 2  # [-1, 1] -> [0, 1], as make_grid draws",
+         "images = images.clamp(0, 1)  # [-1, 1] -> [0, 1], as make_grid draws",
          ("tests/test_viz.py",), "book/05_generation.ipynb"),
     _one("guidance-sign", "classifier-free guidance with its sign flipped", "sampling", SAMPLING,
          "return eps_uncond + guidance * (eps_cond - eps_uncond)",

@@ -123,7 +123,8 @@ def load_mnist(
     labels = dataset.targets
     if subset is not None:
         images, labels = images[:subset], labels[:subset]
-    # uint8 {0..255} -> float {-1..1}: the data range the forward process assumes (Ho et al. 2020, sec. 3.3).
+    # uint8 {0..255} -> float {-1..1}: the data range the forward process assumes
+    # (Ho et al. 2020, sec. 3.3)
     images = images.unsqueeze(1).float() / 127.5 - 1.0
     return images, labels.long()
 

@@ -184,7 +184,7 @@ def _bug_sets() -> dict[str, SampleSet]:
             sets[key] = SampleSet(f"the conditional model, DDIM-100, guidance w = 2 with the bug {bug.name}, sample "
                                   f"i asks for i mod 10, seeds 0-255", 256, checkpoint=CONDITIONAL_MODEL,
                                   sampler="ddim", steps=100, labels="cycle", guidance=2.0, bug=bug.name,
-                                  quick={"num_samples": 10, "steps": 10})
+                                  quick={"num_samples": 20, "steps": 10})
         elif bug.stage == "sampling":
             sets[key] = SampleSet(f"the book's model, DDPM-1000 with the bug {bug.name}, seeds 0-255", 256,
                                   bug=bug.name, quick={"num_samples": 4})

@@ -26,7 +26,8 @@ def make_grid(images: Tensor, nrow: int = 8, padding: int = 2) -> Tensor:
     """Tile (N, 1, H, W) images in [-1, 1] into one uint8 (H', W') array, ``nrow`` images per row."""
     from torchvision.utils import make_grid as tv_make_grid
 
-    grid = tv_make_grid((images.clamp(-1, 1) + 1) / 2, nrow=nrow, padding=padding, pad_value=1.0)
+    images = (images.clamp(-1, 1) + 1) / 2  # [-1, 1] -> [0, 1], as make_grid draws
+    grid = tv_make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)
     return to_uint8(grid[0] * 2 - 1)
 
 

@@ -26,12 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-from ddpm_core.bugs import BUGS, REPO, copy_with, env_of
+from ddpm_core.bugs import BUGS, REPO, VERDICTS, copy_with, env_of
 from ddpm_core.files import atomic_write
 
 NBVAL = ["--nbval-lax", "--nbval-sanitize-with", "book/nbval_sanitize.cfg"]  # as `make nbtest` runs the chapters
 MUTANTS = BUGS  # every bug of ddpm_core.bugs: the chapter's gallery and the formulas the unit tests guard
-RESULTS = REPO / "book" / "results" / "mutants.json"
+RESULTS = VERDICTS
 
 
 def pytest(root: Path, args: list[str], quick: bool) -> tuple[bool, str, str]:
