@@ -308,7 +308,7 @@ def test_every_listing_is_compared_by_nbval(name, index, source):
     assert CHECKED in tags, f"{name}, cell {index}: tag the listing {CHECKED!r} so that make nbtest compares it"
 
 
-FEWER_CLAIMS = {"10_scale.ipynb": 1}  # the appendix on scale makes one claim of its own
+FEWER_CLAIMS = {"11_scale.ipynb": 1}  # the appendix on scale makes one claim of its own
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
