@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ddpm_core.errors import DDPMError
-from ddpm_core.files import atomic_write
+from ddpm_core.files import store_entry
 
 PACKAGE = Path(__file__).resolve().parent
 REPO = PACKAGE.parent
@@ -178,9 +178,7 @@ def train_with(name: str, epochs: int = 2) -> Path:
             env = env_of(root)
             subprocess.run(command, cwd=root, env=env, check=True)
             measured = subprocess.run(measure, cwd=root, env=env, check=True, capture_output=True, text=True)
-    stored = json.loads(LOSSES.read_text()) if LOSSES.exists() else {}
-    stored[name] = json.loads(measured.stdout)
-    atomic_write(LOSSES, lambda tmp: Path(tmp).write_text(json.dumps(stored, indent=1) + "\n"))
+    store_entry(LOSSES, name, json.loads(measured.stdout))
     return out
 
 

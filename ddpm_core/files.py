@@ -128,6 +128,18 @@ def atomic_write(path: str | Path, write: Callable[[str], Any], needed_bytes: in
         raise
 
 
+def store_entry(path: str | Path, key: str, value: Any, order: list[str] | None = None) -> None:
+    """Set ``key`` of the JSON object in ``path`` (created if missing) to ``value``, keeping the other keys,
+    listed in ``order`` when given (keys it does not name last), and write it atomically."""
+    path = Path(path)
+    entries = json.loads(path.read_text()) if path.exists() else {}
+    entries[key] = value
+    if order is not None:
+        entries = {k: entries[k] for k in sorted(entries, key=lambda k: order.index(k) if k in order else len(order))}
+    text = json.dumps(entries, indent=1) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), needed_bytes=len(data))

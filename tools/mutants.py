@@ -19,7 +19,6 @@ their rows), which the chapter "When it goes wrong" reads for its table of which
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -27,11 +26,10 @@ import time
 from pathlib import Path
 
 from ddpm_core.bugs import BUGS, REPO, VERDICTS, copy_with, env_of
-from ddpm_core.files import atomic_write
+from ddpm_core.files import store_entry
 
 NBVAL = ["--nbval-lax", "--nbval-sanitize-with", "book/nbval_sanitize.cfg"]  # as `make nbtest` runs the chapters
 MUTANTS = BUGS  # every bug of ddpm_core.bugs: the chapter's gallery and the formulas the unit tests guard
-RESULTS = VERDICTS
 
 
 def pytest(root: Path, args: list[str], quick: bool) -> tuple[bool, str, str]:
@@ -70,20 +68,16 @@ def chapter_verdict(passed: bool, output: str) -> str:
 
 def keep(path: Path, name: str, unit: str, chapter: str, caught: bool) -> None:
     """Store one mutant's verdicts in ``path``, keeping the rows of the others."""
-    rows = json.loads(path.read_text()) if path.exists() else {}
-    rows[name] = {"unit_test": unit, "chapter": chapter, "caught": caught}
-    order = [m.name for m in MUTANTS]
-    rows = {k: rows[k] for k in sorted(rows, key=lambda k: order.index(k) if k in order else len(order))}
-    text = json.dumps(rows, indent=1) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    store_entry(path, name, {"unit_test": unit, "chapter": chapter, "caught": caught},
+                order=[m.name for m in MUTANTS])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Apply each mutant to a scratch copy and report what catches it.")
     parser.add_argument("--only", action="append", help="run only this mutant (repeatable)")
     parser.add_argument("--no-chapters", action="store_true", help="skip the chapters (unit tests only)")
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help=f"JSON file that keeps each mutant's row (default {RESULTS.relative_to(REPO)})")
+    parser.add_argument("--results", type=Path, default=VERDICTS,
+                        help=f"JSON file that keeps each mutant's row (default {VERDICTS.relative_to(REPO)})")
     args = parser.parse_args()
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
     rows, survivors = [], []
