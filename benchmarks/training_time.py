@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
-    print(f"{steps} steps in {seconds:.1f} s on {result['machine']} ({result['threads']} threads): "
+    print(f"{steps} steps in {seconds:.1f} s on {result['machine']}: "
           f"{per_step * 1000:.0f} ms per step, so about {result['estimated_minutes']:.0f} minutes for the "
           f"{full_steps:,} steps of 15 epochs. Written to {args.out}.")
     return 0
