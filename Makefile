@@ -81,10 +81,10 @@ mutation-score: $(STAMP)
 	$(BIN)/mutmut run --max-children 2
 	$(BIN)/python -m tools.mutation_score
 
-## execute: re-run every chapter in full mode and store the outputs (chapter 6 samples the per-epoch checkpoints of `make train`)
+## execute: re-run every chapter in full mode, every sample set generated again, and store the outputs (chapter 6's epoch sets need `make train`'s per-epoch checkpoints)
 execute: $(STAMP)
 	for nb in book/*.ipynb; do \
-		$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=-1 $$nb || exit 1; \
+		DDPM_REGENERATE=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=-1 $$nb || exit 1; \
 	done
 
 ## train: the book's run, 15 epochs on the 60,000 training images with the default recipe, a checkpoint per epoch

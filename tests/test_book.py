@@ -153,22 +153,17 @@ def test_code_cells_fit_the_page(path):
     assert not long_lines, f"{path.name} has code lines over {MAX_LINE} characters: {long_lines}"
 
 
-MAX_CELL_LINES = 30
-# Cells longer than a reader takes in at once, until their chapter is next run: they may only shrink.
-KNOWN_LONG_CELLS = {
-    "06_quality.ipynb": {2: 34, 6: 39, 12: 51, 19: 36},
-}
+MAX_CELL_LINES = 30  # what a reader takes in at once
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_code_cell_is_short_enough_to_read(path):
-    known = KNOWN_LONG_CELLS.get(path.name, {})
     too_long = [
         f"cell {index}: {lines} lines"
         for index, cell in enumerate(load(path)["cells"])
         if cell["cell_type"] == "code"
         for lines in [len(text(cell["source"]).rstrip("\n").splitlines())]
-        if lines > max(MAX_CELL_LINES, known.get(index, 0))
+        if lines > MAX_CELL_LINES
     ]
     assert not too_long, f"{path.name} has code cells over {MAX_CELL_LINES} lines: {too_long}"
 

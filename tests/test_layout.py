@@ -209,21 +209,6 @@ def measured(browser, serve, site) -> dict:
     return results
 
 
-# Printed outputs of chapter 6 stored before the column was measured. They need their cells run
-# again (its epoch sample sets need the epoch checkpoints of make train), so they are listed here, by page and the
-# start of their text, and only these may overflow; the test fails as soon as one of them fits, so that the list
-# only shrinks.
-KNOWN_WIDE_OUTPUTS = {
-    "book/06_quality": ("samples Frechet dist. confident IS class max/min NN median NN min test",
-                        "raw against EMA weights, seeds 0-255: samples Frechet dist. confident"),
-}
-
-
-def known_wide(page: str, item: dict) -> bool:
-    return item["kind"] == "output" and any(item["text"].startswith(start)
-                                            for start in KNOWN_WIDE_OUTPUTS.get(page, ()))
-
-
 def describe(page: str, item: dict) -> str:
     over = max(item["inside"], item["past"])
     return f"{page}: {item['kind']} {over} px too wide: {item['text']!r}"
@@ -231,21 +216,12 @@ def describe(page: str, item: dict) -> str:
 
 @pytest.mark.parametrize("size", LAPTOPS, ids=[f"{w}x{h}" for w, h in LAPTOPS])
 def test_every_page_fits_its_column_on_a_laptop(measured, size):
-    problems, still_wide = [], set()
+    problems = []
     for page in measured["pages"]:
         result = measured[page, size]
         if result["page"] > TOLERANCE_PX:
             problems.append(f"{page}: the page scrolls sideways by {result['page']} px")
-        for item in result["found"]:
-            if known_wide(page, item):
-                still_wide |= {(page, start) for start in KNOWN_WIDE_OUTPUTS[page] if item["text"].startswith(start)}
-            else:
-                problems.append(describe(page, item))
-    if size == LAPTOPS[0]:  # the narrowest laptop: every known wide output must still be wide there
-        fitted = [f"{page}: {start!r} fits now: remove it from KNOWN_WIDE_OUTPUTS"
-                  for page, starts in KNOWN_WIDE_OUTPUTS.items() if page in measured["pages"]
-                  for start in starts if (page, start) not in still_wide]
-        problems += fitted
+        problems += [describe(page, item) for item in result["found"]]
     width, height = size
     assert not problems, f"{len(problems)} elements overflow the column at {width}x{height}:\n" + "\n".join(problems)
 
