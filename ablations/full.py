@@ -6,6 +6,14 @@ comparison that decides whether the book adopts it), DDIM-50 with eta 0 and DPM-
 (the fast samplers). Results go to a JSON file, one entry per run, with the exact command.
 
     python -m ablations.full --only v --out runs/full2 --results ablations/full_round2.json
+    python -m ablations.full --only zero --second-seed-set --out runs/full2 --results ablations/full_round2.json
+    python -m ablations.full --only zero --train-seed 1 --out runs/full2 --results ablations/full_round2.json
+    python -m ablations.full --only book --second-seed-set --results ablations/full_round2.json
+
+``--second-seed-set`` also scores DDPM-1000 on seeds 1,000 to 1,999, which measures how far the distance
+and the confident share move with the seeds alone. ``--train-seed`` trains the candidate again from another
+initialisation and data order, into ``OUT/NAME_seedN`` (results under that name too), which measures how
+far they move with the training run. ``book`` is the committed model, which chapter 7 scores on seeds 0 to 999 itself.
 
 A run whose folder already holds 15 epochs is not trained again, and a score already in the file is kept.
 """
@@ -18,39 +26,65 @@ import time
 from pathlib import Path
 
 from ablations.candidates import ROUND_TWO
-from ablations.screen import train_and_describe
+from ablations.screen import _parameters, train_and_describe
 
 SAMPLERS = {  # name in the results: (sampler, steps)
     "ddpm1000": ("ddpm", 1000),
     "ddim50": ("ddim", 50),
     "dpm20": ("dpm", 20),
 }
+SECOND_SEED_SET = "ddpm1000_next_seeds"  # DDPM-1000 on seeds NUM_SAMPLES to 2 * NUM_SAMPLES - 1
+BOOK_MODEL = Path("book/checkpoints/ddpm_mnist.safetensors")
+
+
+def describe_book_model() -> dict:
+    """The committed model as a run of its own, named ``book``: what ``make train`` trains."""
+    from ddpm_core.checkpoint import read_metadata
+
+    meta = read_metadata(BOOK_MODEL)
+    return {"command": "make train", "what": "the book's model: round one's winner, predicting eps",
+            "epochs": int(meta["epoch"]), "loss_history": meta["loss_history"],
+            "wall_time_s": meta["wall_time_s"], "parameters": _parameters(meta["model_config"])}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", required=True, help="comma-separated candidate names of round two")
+    parser.add_argument("--only", required=True, help="comma-separated candidate names of round two, or book")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--out", type=Path, default=Path("runs/full2"))
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--train-seed", type=int, default=0, help="training seed (default 0, the book's)")
+    parser.add_argument("--second-seed-set", action="store_true",
+                        help="also score DDPM-1000 on the next NUM_SAMPLES seeds")
     args = parser.parse_args(argv)
 
     from ddpm_core.evaluation import evaluate_checkpoint
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    for name in args.only.split(","):
-        folder = args.out / name
-        entry = train_and_describe(name, ROUND_TWO[name], args.epochs, args.out)
+    samplers = {key: (sampler, steps, 0) for key, (sampler, steps) in SAMPLERS.items()}
+    if args.second_seed_set:
+        samplers[SECOND_SEED_SET] = ("ddpm", 1000, args.num_samples)
+    for candidate in args.only.split(","):
+        name = candidate if args.train_seed == 0 else f"{candidate}_seed{args.train_seed}"
+        if candidate == "book":  # chapter 7 scores seeds 0 to 999 from its sample set
+            weights, entry = BOOK_MODEL, describe_book_model()
+            todo = {k: v for k, v in samplers.items() if k == SECOND_SEED_SET}
+        else:
+            weights = args.out / name / "model.safetensors"
+            entry = train_and_describe(name, ROUND_TWO[candidate], args.epochs, args.out, args.train_seed)
+            todo = samplers
         for key in ("model_config", "train_config"):  # the command spells them out
-            entry.pop(key)
+            entry.pop(key, None)
         previous = results.get(name, {})
-        for key, (sampler, steps) in SAMPLERS.items():
+        if SECOND_SEED_SET in previous and SECOND_SEED_SET not in todo:
+            entry[SECOND_SEED_SET] = previous[SECOND_SEED_SET]  # scored by an earlier call
+        for key, (sampler, steps, seed) in todo.items():
             if key in previous and previous[key].get("num_samples") == args.num_samples:
                 entry[key] = previous[key]
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] scoring {name} with {key}", flush=True)
-            scored = evaluate_checkpoint(folder / "model.safetensors", num_samples=args.num_samples, seed=0,
+            scored = evaluate_checkpoint(weights, num_samples=args.num_samples, seed=seed,
                                          sampler=sampler, steps=steps, progress=False)
             scored["class_counts"] = [int(c) for c in scored["class_counts"]]
             entry[key] = scored

@@ -38,22 +38,23 @@ def _parameters(model_config: dict) -> int:
     return count_parameters(UNet(UNetConfig.from_dict(model_config), NoiseSchedule().alpha_bars))
 
 
-def train_and_describe(name: str, candidate: dict, epochs: int, out: Path) -> dict:
-    """Train ``candidate`` for ``epochs`` into ``out/name`` (resuming, or not at all if it is done), and describe
-    the run from its checkpoint: the command that trains it with every setting spelled out, its losses, its
-    wall time and its parameter count."""
+def train_and_describe(name: str, candidate: dict, epochs: int, out: Path, seed: int = 0) -> dict:
+    """Train ``candidate`` for ``epochs`` with training seed ``seed`` into ``out/name`` (resuming, or not at all
+    if it is done), and describe the run from its checkpoint: the command that trains it with every setting
+    spelled out, its losses, its wall time and its parameter count."""
     from ddpm_core.checkpoint import read_metadata
 
     folder = out / name
     if _trained_epochs(folder) < epochs:
         command = [sys.executable, "-m", "ddpm_core", "train", "--epochs", str(epochs), "--out", str(folder),
-                   "--seed", "0", "--no-progress", *train_flags(candidate["recipe"])]
+                   "--seed", str(seed), "--no-progress", *train_flags(candidate["recipe"])]
         resume = ["--resume"] if (folder / "resume.pt").is_file() else []
         print(f"[{time.strftime('%H:%M:%S')}] training {name}: {shlex.join(command[1:])}", flush=True)
         subprocess.run(command + resume, check=True)
     meta = read_metadata(folder / "model.safetensors")
     return {
-        "command": train_command(recipe_of(meta["train_config"], meta["model_config"]), epochs, f"{out}/{name}"),
+        "command": train_command(recipe_of(meta["train_config"], meta["model_config"]), epochs, f"{out}/{name}",
+                                 int(meta["seed"])),
         "what": candidate["what"],
         "epochs": epochs,
         "loss_history": meta["loss_history"],
