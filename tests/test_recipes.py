@@ -246,10 +246,18 @@ def test_every_round_two_result_states_the_command_that_trains_its_candidate_wit
         results = json.loads((repo / "ablations" / file).read_text())
         assert results, file
         for name, entry in results.items():
+            assert entry["epochs"] == epochs and entry["parameters"] <= 324_705, (file, name)
+            if name == "book":  # the committed model, scored on a second seed set
+                from ddpm_core.checkpoint import read_metadata
+
+                model = read_metadata(repo / "book" / "checkpoints" / "ddpm_mnist.safetensors")
+                assert entry["command"] == "make train" and entry["loss_history"] == model["loss_history"]
+                continue
             argv = shlex.split(entry["command"])[3:]  # after "python -m ddpm_core"
             assert argv[argv.index("--out") + 1] == f"runs/{'screen2' if epochs == 2 else 'full2'}/{name}"
-            assert _recipe_of_arguments(argv) == ROUND_TWO[name]["recipe"], (file, name)
-            assert entry["epochs"] == epochs and entry["parameters"] <= 324_705, (file, name)
+            candidate, _, seed = name.partition("_seed")  # zero_seed1: zero, trained with seed 1
+            assert argv[argv.index("--seed") + 1] == (seed or "0"), (file, name)
+            assert _recipe_of_arguments(argv) == ROUND_TWO[candidate]["recipe"], (file, name)
 
 
 def test_the_books_recipe_keeps_the_reference_runs_schedule():
