@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from ablations.candidates import ROUND_TWO
-from ablations.screen import _parameters, train_and_describe
+from ablations.screen import describe_run, train_and_describe
 
 SAMPLERS = {  # name in the results: (sampler, steps)
     "ddpm1000": ("ddpm", 1000),
@@ -41,10 +41,8 @@ def describe_book_model() -> dict:
     """The committed model as a run of its own, named ``book``: what ``make train`` trains."""
     from ddpm_core.checkpoint import read_metadata
 
-    meta = read_metadata(BOOK_MODEL)
-    return {"command": "make train", "what": "the book's model: round one's winner, predicting eps",
-            "epochs": int(meta["epoch"]), "loss_history": meta["loss_history"],
-            "wall_time_s": meta["wall_time_s"], "parameters": _parameters(meta["model_config"])}
+    return describe_run(read_metadata(BOOK_MODEL), "the book's model: round one's winner, predicting eps",
+                        "make train")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             entry = train_and_describe(name, ROUND_TWO[candidate], args.epochs, args.out, args.train_seed)
             todo = samplers
         for key in ("model_config", "train_config"):  # the command spells them out
-            entry.pop(key, None)
+            entry.pop(key)
         previous = results.get(name, {})
         if SECOND_SEED_SET in previous and SECOND_SEED_SET not in todo:
             entry[SECOND_SEED_SET] = previous[SECOND_SEED_SET]  # scored by an earlier call

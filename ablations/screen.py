@@ -52,11 +52,17 @@ def train_and_describe(name: str, candidate: dict, epochs: int, out: Path, seed:
         print(f"[{time.strftime('%H:%M:%S')}] training {name}: {shlex.join(command[1:])}", flush=True)
         subprocess.run(command + resume, check=True)
     meta = read_metadata(folder / "model.safetensors")
+    command = train_command(recipe_of(meta["train_config"], meta["model_config"]), epochs, f"{out}/{name}",
+                            int(meta["seed"]))
+    return describe_run(meta, candidate["what"], command)
+
+
+def describe_run(meta: dict, what: str, command: str) -> dict:
+    """A trained run as the results files hold it, from its checkpoint's metadata."""
     return {
-        "command": train_command(recipe_of(meta["train_config"], meta["model_config"]), epochs, f"{out}/{name}",
-                                 int(meta["seed"])),
-        "what": candidate["what"],
-        "epochs": epochs,
+        "command": command,
+        "what": what,
+        "epochs": int(meta["epoch"]),
         "loss_history": meta["loss_history"],
         "wall_time_s": meta["wall_time_s"],
         "model_config": meta["model_config"],
