@@ -53,12 +53,12 @@ book: $(STAMP)
 	@$(MAKE) --no-print-directory live-runtime
 	@echo "The book is in _build/html/index.html"
 
-# onnxruntime-web for the live panel, pinned by package-lock.json: ddpm_core.live copies the files the page loads.
+# onnxruntime-web for the live panel, pinned by package-lock.json: ddpm_core.app.live copies the files the page loads.
 NPM ?= npm
 live-runtime:
 	@if command -v $(NPM) >/dev/null 2>&1; then \
 		[ node_modules/.package-lock.json -nt package-lock.json ] || $(NPM) ci --no-audit --no-fund --loglevel=error; \
-		$(BIN)/python -m ddpm_core.live _build/html/_static node_modules/onnxruntime-web/dist >/dev/null; \
+		$(BIN)/python -m ddpm_core.app.live _build/html/_static node_modules/onnxruntime-web/dist >/dev/null; \
 	else \
 		rm -rf _build/html/_static/ort; \
 		echo "make book: npm was not found, so the live panel's runtime (onnxruntime-web) was left out and chapters 5 and 8 say so in its place; install Node.js and npm (apt-get install nodejs npm) and run make book again."; \

@@ -12,14 +12,14 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from ddpm_core import recipe
-from ddpm_core.unet import UNetConfig
+from ddpm_core.diffusion.unet import UNetConfig
+from ddpm_core.training import recipe
 
 TRAIN_KEYS = ("lr", "warmup_steps", "lr_decay", "grad_clip", "ema_decay", "ema_warmup", "loss_weighting",
               "min_snr_gamma")
 MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init", "num_groups", "dropout",
               "prediction")
-# The reference recipe of ddpm_core.recipe with the book's network.
+# The reference recipe of ddpm_core.training.recipe with the book's network.
 REFERENCE: dict[str, Any] = {**{key: getattr(recipe.REFERENCE, key) for key in TRAIN_KEYS},
                              **{key: getattr(UNetConfig(), key) for key in MODEL_KEYS}}
 # Warm-up, cosine decay, gradient clipping and an EMA that warms up: the usual care for a short run.

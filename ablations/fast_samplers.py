@@ -37,7 +37,7 @@ ROWS = {  # name: (sampler, steps, eta)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ddpm_core.evaluation import evaluate_checkpoint
+    from ddpm_core.measure.evaluation import evaluate_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("book/checkpoints/ddpm_mnist.safetensors"))

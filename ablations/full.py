@@ -39,7 +39,7 @@ BOOK_MODEL = Path("book/checkpoints/ddpm_mnist.safetensors")
 
 def describe_book_model() -> dict:
     """The committed model as a run of its own, named ``book``: what ``make train`` trains."""
-    from ddpm_core.checkpoint import read_metadata
+    from ddpm_core.training.checkpoint import read_metadata
 
     return describe_run(read_metadata(BOOK_MODEL), "the book's model: round one's winner, predicting eps",
                         "make train")
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score DDPM-1000 on the next NUM_SAMPLES seeds")
     args = parser.parse_args(argv)
 
-    from ddpm_core.evaluation import evaluate_checkpoint
+    from ddpm_core.measure.evaluation import evaluate_checkpoint
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     samplers = {key: (sampler, steps, 0) for key, (sampler, steps) in SAMPLERS.items()}

@@ -25,15 +25,15 @@ from ablations.candidates import CANDIDATES, ROUND_TWO, recipe_of, train_command
 
 
 def _trained_epochs(folder: Path) -> int:
-    from ddpm_core.checkpoint import read_metadata
+    from ddpm_core.training.checkpoint import read_metadata
 
     weights = folder / "model.safetensors"
     return int(read_metadata(weights)["epoch"]) if weights.is_file() else 0
 
 
 def _parameters(model_config: dict) -> int:
-    from ddpm_core.schedule import NoiseSchedule
-    from ddpm_core.unet import UNet, UNetConfig, count_parameters
+    from ddpm_core.diffusion.schedule import NoiseSchedule
+    from ddpm_core.diffusion.unet import UNet, UNetConfig, count_parameters
 
     return count_parameters(UNet(UNetConfig.from_dict(model_config), NoiseSchedule().alpha_bars))
 
@@ -42,7 +42,7 @@ def train_and_describe(name: str, candidate: dict, epochs: int, out: Path, seed:
     """Train ``candidate`` for ``epochs`` with training seed ``seed`` into ``out/name`` (resuming, or not at all
     if it is done), and describe the run from its checkpoint: the command that trains it with every setting
     spelled out, its losses, its wall time and its parameter count."""
-    from ddpm_core.checkpoint import read_metadata
+    from ddpm_core.training.checkpoint import read_metadata
 
     folder = out / name
     if _trained_epochs(folder) < epochs:
@@ -72,7 +72,7 @@ def describe_run(meta: dict, what: str, command: str) -> dict:
 
 
 def score(weights: Path, use_ema: bool, num_samples: int, seed: int, sampler: str, steps: int) -> dict:
-    from ddpm_core.evaluation import evaluate_checkpoint
+    from ddpm_core.measure.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(weights, num_samples=num_samples, seed=seed, sampler=sampler, steps=steps,
                                  eta=0.0, use_ema=use_ema, progress=False)

@@ -1,6 +1,6 @@
 """Helpers shared by the benchmark scripts: argument parsing and plain-text tables."""
 
-from ddpm_core.arguments import positive_int
+from ddpm_core.utils.arguments import positive_int
 
 __all__ = ["positive_int", "print_table"]
 

@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from benchmarks._common import positive_int, print_table
-from ddpm_core.checkpoint import load_checkpoint
-from ddpm_core.device import device_description, keep_freed_memory
+from ddpm_core.training.checkpoint import load_checkpoint
+from ddpm_core.utils.device import device_description, keep_freed_memory
 
 PAGE = "book/05_generation.html"
 CHECKPOINT = Path("book/checkpoints/ddpm_mnist.safetensors")

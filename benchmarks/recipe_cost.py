@@ -1,6 +1,7 @@
 """What each candidate recipe costs per training step, as a ratio to the reference recipe's step.
 
-A step is ``ddpm_core.objective.train_step`` with the recipe's hooks attached, what ``train`` does per batch of
+A step is ``ddpm_core.diffusion.objective.train_step`` with the recipe's hooks attached, what ``train`` does per batch
+of
 128 under the recipe:
 the draw of t and eps, the network forward and backward, the recipe's loss weighting, gradient
 clipping, the Adam update and the EMA update. The recipes come from ``ablations/candidates.py``.
@@ -25,10 +26,10 @@ import torch
 
 from ablations.candidates import CANDIDATES, ROUND_TWO
 from benchmarks._common import positive_int, print_table
-from ddpm_core.device import device_description, keep_freed_memory, resolve_device
-from ddpm_core.objective import train_step
-from ddpm_core.recipe import RecipeHooks, TrainConfig, timestep_weights
-from ddpm_core.unet import UNet, UNetConfig, count_parameters
+from ddpm_core.diffusion.objective import train_step
+from ddpm_core.diffusion.unet import UNet, UNetConfig, count_parameters
+from ddpm_core.training.recipe import RecipeHooks, TrainConfig, timestep_weights
+from ddpm_core.utils.device import device_description, keep_freed_memory, resolve_device
 
 MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init", "num_groups", "dropout",
               "prediction", "num_classes")
@@ -36,7 +37,7 @@ CHOSEN = "tuned_minsnr_lr2e-3"  # the book's default recipe, also timed as a cla
 
 
 class RecipeStep:
-    """One ``ddpm_core.objective.train_step`` of a recipe, on a fixed pool of random batches."""
+    """One ``ddpm_core.diffusion.objective.train_step`` of a recipe, on a fixed pool of random batches."""
 
     def __init__(self, recipe: dict, device: torch.device, batch_size: int) -> None:
         torch.manual_seed(0)

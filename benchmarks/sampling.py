@@ -3,12 +3,12 @@
 Rows of the table, all on the same model, batch and device:
 
     bare network calls   T calls of model(x, t) on one fixed batch, no sampler at all: the floor
-    ours, DDPM-T         ddpm_core.sampling.sample, T steps (Ho et al. 2020, Algorithm 2)
+    ours, DDPM-T         ddpm_core.diffusion.sampling.sample, T steps (Ho et al. 2020, Algorithm 2)
     ... glibc default    the same with glibc's default allocation, which page-faults on every large
-                         tensor (CPU only; see ddpm_core.device.keep_freed_memory, on in every other row).
+                         tensor (CPU only; see ddpm_core.utils.device.keep_freed_memory, on in every other row).
                          It runs before the others, since glibc's adaptive defaults cannot be restored.
     diffusers, DDPM-T    the same model stepped by diffusers.DDPMScheduler (linear betas 1e-4..0.02)
-    ours, DDIM-S         ddpm_core.ddim.ddim_sample, S steps, eta = 0 (Song et al. 2021)
+    ours, DDIM-S         ddpm_core.diffusion.ddim.ddim_sample, S steps, eta = 0 (Song et al. 2021)
 
 The variances are matched: our ``variance="posterior"`` (sigma_t^2 = beta_tilde_t, Ho et al. 2020,
 eq. (7)) is diffusers' ``variance_type="fixed_small"``, and our ``"beta"`` is its ``"fixed_large"``.
@@ -35,13 +35,13 @@ import torch
 from torch import Tensor
 
 from benchmarks._common import positive_int, print_table
-from ddpm_core.checkpoint import load_checkpoint
-from ddpm_core.ddim import ddim_sample
-from ddpm_core.device import device_description, keep_freed_memory, resolve_device
-from ddpm_core.errors import DDPMError
-from ddpm_core.sampling import sample
-from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.unet import UNet
+from ddpm_core.diffusion.ddim import ddim_sample
+from ddpm_core.diffusion.sampling import sample
+from ddpm_core.diffusion.schedule import NoiseSchedule
+from ddpm_core.diffusion.unet import UNet
+from ddpm_core.training.checkpoint import load_checkpoint
+from ddpm_core.utils.device import device_description, keep_freed_memory, resolve_device
+from ddpm_core.utils.errors import DDPMError
 
 DIFFUSERS_VARIANCE = {"posterior": "fixed_small", "beta": "fixed_large"}
 

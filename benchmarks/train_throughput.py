@@ -1,13 +1,13 @@
 """Training throughput of the default UNet: images per second, FLOPs, and how close it gets to matmul speed.
 
-One training step is what ``ddpm_core.training.train`` does per batch: draw x_t by eq. (4) of Ho et
+One training step is what ``ddpm_core.training.loop.train`` does per batch: draw x_t by eq. (4) of Ho et
 al. 2020, the eps-MSE loss of eq. (14), backward, and one Adam step (lr 2e-4). It runs on a fixed
 pool of random batches already on the device, so data loading is not timed, and it skips the loss
 read-out of the training loop, so a GPU is not synchronised after every step.
 
 The table has one row per variant: memory format (NCHW or channels_last), precision (fp32 or bf16
 autocast), the number of CPU threads and, on the CPU, whether freed memory is kept for reuse (as
-``train`` does, see ``ddpm_core.device.keep_freed_memory``) or returned to the kernel as glibc does
+``train`` does, see ``ddpm_core.utils.device.keep_freed_memory``) or returned to the kernel as glibc does
 by default. The model's FLOPs per step are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` (forward and backward; convolutions and matrix
 products only, so GroupNorm, SiLU and the Adam update are not in the count), which turns images/s
@@ -44,11 +44,11 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks._common import positive_int, print_table
-from ddpm_core.device import device_description, keep_freed_memory, resolve_device
-from ddpm_core.errors import DDPMError
-from ddpm_core.objective import per_sample_loss
-from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.unet import UNet, count_parameters
+from ddpm_core.diffusion.objective import per_sample_loss
+from ddpm_core.diffusion.schedule import NoiseSchedule
+from ddpm_core.diffusion.unet import UNet, count_parameters
+from ddpm_core.utils.device import device_description, keep_freed_memory, resolve_device
+from ddpm_core.utils.errors import DDPMError
 
 LR = 2e-4  # as in TrainConfig
 POOL = 4  # distinct random batches cycled through, so no step reuses the previous step's inputs

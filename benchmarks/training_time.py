@@ -2,7 +2,7 @@
 
 The book trains its model once (chapter 4): 15 epochs over MNIST's 60,000 training images in
 batches of 128, which is 15 x 469 = 7,035 optimiser steps. Running all of them to learn how long
-they take would cost the time it measures, so this script runs ``ddpm_core.training.train`` itself,
+they take would cost the time it measures, so this script runs ``ddpm_core.training.loop.train`` itself,
 with the book's recipe, for one epoch on the first ``--steps`` x 128 training images, and divides
 its wall time by the steps taken. The estimate for 15 epochs is that time per step times 7,035. It
 counts the loop's own costs (data order, the recipe's hooks, the EMA, the checkpoint after the
@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 
 from benchmarks._common import positive_int
-from ddpm_core.data import load_mnist
-from ddpm_core.device import device_description, resolve_device
-from ddpm_core.files import write_bytes
-from ddpm_core.recipe import TrainConfig
-from ddpm_core.training import train
+from ddpm_core.training.data import load_mnist
+from ddpm_core.training.loop import train
+from ddpm_core.training.recipe import TrainConfig
+from ddpm_core.utils.device import device_description, resolve_device
+from ddpm_core.utils.files import write_bytes
 
 TRAINING_IMAGES = 60_000
 RESULT = Path("book/results/training_time.json")

@@ -1,41 +1,29 @@
 """ddpm_core: a denoising diffusion probabilistic model (Ho et al. 2020) for MNIST, from scratch.
 
-The modules, one idea each:
+The package is five layers, one folder each, every layer importing only the ones below it
+(``make layers`` checks the order):
 
-    schedule    the noise schedule and the closed forms of the forward process
-    unet        the noise-prediction network eps_theta(x_t, t)
-    sampling    the reverse process: one ancestral step and the sampler (Algorithm 2)
-    ddim        fast sampling with DDIM (Song, Meng and Ermon 2021)
-    training    the simple loss, one training step and the loop (Algorithm 1)
-    data        MNIST as tensors in [-1, 1]
-    checkpoint  saving and loading models
-    lock        one training run per output folder
-    device      the compute device and the CPU's memory allocator
-    errors      the exceptions the package raises, with their exit codes
-    viz         image grids and the frames of a trajectory
-    slider      timestep sliders over a trajectory (static HTML, or live widgets)
-    book        helpers for the book's chapters: quick mode, source listings, Colab set-up
-    classifier  the MNIST judge used to measure samples (its weights ship in weights/)
-    metrics     Frechet distance, confidence, Inception Score, nearest neighbours
-    evaluation  sample from a checkpoint and score it (python -m ddpm_core evaluate)
-    export      eps_theta to ONNX, checked against PyTorch (python -m ddpm_core export)
-    live        the placeholder of the book's in-browser generation panel (book/_static/live/)
-    distributed data-parallel training under torchrun (DDP): ranks, noise shards, the process group
-    cli         the command line, python -m ddpm_core (train, sample, evaluate, export)
+    book/  app/   the book's helpers (listings, grids, sliders, sample sets, the bug gallery)
+                  and the command line (python -m ddpm_core train | sample | evaluate | export)
+    measure/      the MNIST judge, the metrics, and the evaluation of a checkpoint
+    training/     the training loop, its recipe, MNIST, checkpoints and run folders, torchrun
+    diffusion/    the maths: the noise schedule, the UNet, the objective and the samplers
+    utils/        errors, atomic files, the device, progress bars
+
+A reader who wants the idea reads ``diffusion/``; the names below are the ones a user needs.
 """
 
-__version__ = "0.1.0"
-
-from ddpm_core.checkpoint import LoadedModel, load_checkpoint, read_metadata
-from ddpm_core.data import load_mnist
-from ddpm_core.ddim import ddim_sample
-from ddpm_core.errors import DDPMError
-from ddpm_core.recipe import TrainConfig
-from ddpm_core.sampling import sample
-from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.seeds import Trajectory
-from ddpm_core.training import TrainResult, train
-from ddpm_core.unet import UNet, UNetConfig, count_parameters
+from ddpm_core.diffusion.ddim import ddim_sample
+from ddpm_core.diffusion.sampling import sample
+from ddpm_core.diffusion.schedule import NoiseSchedule
+from ddpm_core.diffusion.seeds import Trajectory
+from ddpm_core.diffusion.unet import UNet, UNetConfig, count_parameters
+from ddpm_core.training.checkpoint import LoadedModel, load_checkpoint, read_metadata
+from ddpm_core.training.data import load_mnist
+from ddpm_core.training.loop import TrainResult, train
+from ddpm_core.training.recipe import TrainConfig
+from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.files import VERSION as __version__  # noqa: F401
 
 __all__ = [
     "DDPMError",

@@ -1,10 +1,10 @@
-"""``python -m ddpm_core``: see ``ddpm_core.cli``."""
+"""``python -m ddpm_core``: see ``ddpm_core.app.cli``."""
 
 import os
 import signal
 import sys
 
-from ddpm_core.cli import EXIT_INTERRUPTED, main
+from ddpm_core.app.cli import EXIT_INTERRUPTED, main
 
 status = main()
 if status == EXIT_INTERRUPTED:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ddpm_core import NoiseSchedule, TrainConfig, train
-from ddpm_core.seeds import Trajectory
+from ddpm_core.diffusion.seeds import Trajectory
 from tests.helpers import TINY_CONFIG
 
 CHROMIUM_FLAGS = (
@@ -137,7 +137,7 @@ def run_copy(tiny_run, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def classifier():
     """The packaged MNIST judge, loaded once for the whole session."""
-    from ddpm_core.classifier import load_classifier
+    from ddpm_core.measure.classifier import load_classifier
 
     return load_classifier()
 

@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ddpm_core import NoiseSchedule, UNet, UNetConfig
-from ddpm_core.classifier import DEFAULT_PATH as DEFAULT_CLASSIFIER
-from ddpm_core.cli import main
+from ddpm_core.app.cli import main
+from ddpm_core.measure.classifier import DEFAULT_PATH as DEFAULT_CLASSIFIER
 
 TINY_CONFIG = UNetConfig(channels=(8, 8, 16), time_freq_dim=8, time_embed_dim=16)
 REPO = Path(__file__).resolve().parents[1]

@@ -90,7 +90,7 @@ def test_training_time_writes_its_estimate_with_the_machine_and_the_method(tmp_p
 def test_the_book_reads_one_training_time():
     import json
 
-    from ddpm_core.book import training_time
+    from ddpm_core.book.chapter import training_time
 
     stored = json.loads((REPO / "book" / "results" / "training_time.json").read_text())
     assert training_time()["estimated_minutes"] == stored["estimated_minutes"]

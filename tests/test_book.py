@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_core.book import colab_cell, repository_url, show_source
+from ddpm_core.book.chapter import colab_cell, repository_url, show_source
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "book").glob("*.ipynb"))
@@ -187,14 +187,14 @@ def test_colab_cell_clones_the_configured_repository(path):
     expected = colab_cell(repository_url(REPO / "_config.yml"))
     assert text(first["source"]) == expected, (
         f"{path.name}: the Colab cell does not match repository.url of _config.yml; run "
-        f"`python -c 'from ddpm_core.book import write_colab_cells; write_colab_cells(\".\")'`"
+        f"`python -c 'from ddpm_core.book.chapter import write_colab_cells; write_colab_cells(\".\")'`"
     )
 
 
 def test_chapter_setup_gives_the_committed_checkpoints_and_the_measurements_size(monkeypatch):
     import matplotlib.pyplot as plt
 
-    from ddpm_core.book import chapter_setup
+    from ddpm_core.book.chapter import chapter_setup
 
     monkeypatch.delenv("DDPM_QUICK", raising=False)
     chapter = chapter_setup(dpi=90)
@@ -207,7 +207,7 @@ def test_chapter_setup_gives_the_committed_checkpoints_and_the_measurements_size
 
 
 def test_a_claim_that_needs_the_books_sample_size_is_only_listed_on_a_quick_run(monkeypatch, capsys):
-    from ddpm_core.book import check
+    from ddpm_core.book.chapter import check
 
     monkeypatch.setenv("DDPM_QUICK", "1")
     check(False, "the distance is small", "40.0", needs_full_size=True)
@@ -218,7 +218,7 @@ def test_a_claim_that_needs_the_books_sample_size_is_only_listed_on_a_quick_run(
 
 
 def test_output_dir_is_a_scratch_folder_in_quick_mode(tmp_path, monkeypatch):
-    from ddpm_core.book import output_dir
+    from ddpm_core.book.chapter import output_dir
 
     monkeypatch.setenv("DDPM_QUICK", "1")
     monkeypatch.setenv("DDPM_SCRATCH", str(tmp_path / "scratch"))
@@ -231,7 +231,7 @@ def test_output_dir_is_a_scratch_folder_in_quick_mode(tmp_path, monkeypatch):
 def test_cached_computes_once_then_reads_the_file(tmp_path):
     import torch
 
-    from ddpm_core.book import cached
+    from ddpm_core.book.chapter import cached
 
     calls = []
 
@@ -247,7 +247,7 @@ def test_cached_computes_once_then_reads_the_file(tmp_path):
 def test_correlation_of_images_with_themselves_and_their_negatives():
     import torch
 
-    from ddpm_core.book import correlation
+    from ddpm_core.book.chapter import correlation
 
     images = torch.rand(5, 1, 28, 28)
     assert correlation(images, images) == pytest.approx(1.0, abs=1e-6)
@@ -283,7 +283,7 @@ def test_built_pages_load_nothing_from_other_hosts():
 
 
 def test_check_prints_a_kept_claim_and_raises_on_a_broken_one(capsys):
-    from ddpm_core.book import check
+    from ddpm_core.book.chapter import check
 
     check(True, "the chain agrees", "error 0.01")
     assert capsys.readouterr().out == "✓ the chain agrees (error 0.01)\n"

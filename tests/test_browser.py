@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpm_core.seeds import Trajectory
-from ddpm_core.slider import trajectory_slider_html
-from ddpm_core.viz import trajectory_grids
+from ddpm_core.book.slider import trajectory_slider_html
+from ddpm_core.book.viz import trajectory_grids
+from ddpm_core.diffusion.seeds import Trajectory
 
 pytestmark = pytest.mark.browser
 
@@ -293,7 +293,7 @@ def value_page(serve, tmp_path_factory) -> str:
     """The built guidance chapter, or a page with one synthetic slider over w where it is not built."""
     import torch
 
-    from ddpm_core.slider import StaticValueSlider
+    from ddpm_core.book.slider import StaticValueSlider
 
     book = REPO / GUIDANCE_PAGE
     if book.is_file():

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from ddpm_core import DDPMError, TrainConfig, UNet, UNetConfig, load_checkpoint, train
-from ddpm_core.checkpoint import save_weights
+from ddpm_core.training.checkpoint import save_weights
 from tests.helpers import TINY_CONFIG
 
 
@@ -78,7 +78,7 @@ def test_resume_state_loads_with_weights_only(checkpoint):
 
 
 def test_generate_record_keeps_samples_wall_time_threads_and_the_trajectory(checkpoint):
-    from ddpm_core.evaluation import generate_record
+    from ddpm_core.measure.evaluation import generate_record
 
     threads = torch.get_num_threads()
     try:

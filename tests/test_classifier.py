@@ -8,16 +8,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ddpm_core.classifier import (
+from ddpm_core.measure.classifier import (
     CLASSIFIER_ENV,
     MNISTClassifier,
     accuracy,
     default_path,
     load_classifier,
-    train_classifier,
 )
-from ddpm_core.data import load_mnist
-from ddpm_core.errors import DDPMError
+from ddpm_core.measure.train_classifier import train_classifier
+from ddpm_core.training.data import load_mnist
+from ddpm_core.utils.errors import DDPMError
 from tests.helpers import needs_mnist
 
 
@@ -52,7 +52,7 @@ def test_missing_classifier_file_error_names_the_path_and_how_to_retrain(tmp_pat
     with pytest.raises(DDPMError, match="No MNIST classifier at") as error:
         load_classifier(path)
     assert str(path) in str(error.value)
-    assert "python -m ddpm_core.classifier --out" in str(error.value)
+    assert "python -m ddpm_core.measure.train_classifier --out" in str(error.value)
 
 
 def test_environment_variable_chooses_the_default_classifier_file(tmp_path, monkeypatch):
@@ -107,7 +107,7 @@ def test_default_weights_ship_inside_the_package_not_the_repository():
     from pathlib import Path
 
     import ddpm_core
-    from ddpm_core.classifier import DEFAULT_PATH
+    from ddpm_core.measure.classifier import DEFAULT_PATH
 
     package = Path(ddpm_core.__file__).resolve().parent
     assert DEFAULT_PATH.is_relative_to(package) and DEFAULT_PATH.is_file()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_core.cli import main
+from ddpm_core.app.cli import main
 from tests.helpers import REPO, needs_mnist
 
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from ddpm_core import UNet, UNetConfig
-from ddpm_core.checkpoint import load_checkpoint, read_metadata
-from ddpm_core.cli import main
-from ddpm_core.ddim import ddim_sample
-from ddpm_core.errors import DDPMError
-from ddpm_core.objective import drop_labels
-from ddpm_core.recipe import TrainConfig
-from ddpm_core.sampling import guided_eps, sample
-from ddpm_core.training import train
-from ddpm_core.unet import count_parameters
+from ddpm_core.app.cli import main
+from ddpm_core.diffusion.ddim import ddim_sample
+from ddpm_core.diffusion.objective import drop_labels
+from ddpm_core.diffusion.sampling import guided_eps, sample
+from ddpm_core.diffusion.unet import count_parameters
+from ddpm_core.training.checkpoint import load_checkpoint, read_metadata
+from ddpm_core.training.loop import train
+from ddpm_core.training.recipe import TrainConfig
+from ddpm_core.utils.errors import DDPMError
 from tests.helpers import TINY_CONFIG, needs_mnist, tiny_schedule
 
 TINY_CONDITIONAL = dataclasses.replace(TINY_CONFIG, num_classes=10)
@@ -239,7 +239,7 @@ def test_p_uncond_needs_conditional(capsys):
 @pytest.mark.slow
 @needs_mnist
 def test_conditional_scores_read_real_digits_as_asked_and_as_varied_as_real(mnist_test, classifier):
-    from ddpm_core.metrics import conditional_scores
+    from ddpm_core.measure.metrics import conditional_scores
 
     images, labels = mnist_test
     keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
@@ -258,7 +258,7 @@ def test_conditional_scores_read_real_digits_as_asked_and_as_varied_as_real(mnis
 
 
 def test_the_value_slider_embeds_one_frame_per_setting():
-    from ddpm_core.slider import StaticValueSlider
+    from ddpm_core.book.slider import StaticValueSlider
 
     frames = torch.rand(3, 4, 1, 28, 28) * 2 - 1
     slider = StaticValueSlider(frames, [0, 1.5, 8], symbol="w", caption="a <b>", element_id="s1")
@@ -276,7 +276,7 @@ def test_the_committed_conditional_model_is_the_book_recipe_with_labels():
 
     metadata = read_metadata(REPO / "book" / "checkpoints" / "ddpm_mnist_conditional.safetensors")
     assert UNetConfig.from_dict(metadata["model_config"]) == UNetConfig(num_classes=10)
-    from ddpm_core.recipe import LEGACY_TRAIN_DEFAULTS
+    from ddpm_core.training.recipe import LEGACY_TRAIN_DEFAULTS
 
     recorded = {**LEGACY_TRAIN_DEFAULTS, **metadata["train_config"]}  # settings added since default as before
     assert recorded == asdict(TrainConfig())  # the default recipe, p_uncond 0.1, 15 epochs

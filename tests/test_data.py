@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddpm_core import DDPMError, load_mnist
-from ddpm_core.data import to_uint8
+from ddpm_core.utils.images import to_uint8
 from tests.helpers import needs_mnist
 
 
@@ -24,7 +24,7 @@ def test_to_uint8_recovers_the_original_pixels():
     images, _ = load_mnist(train=False, subset=5)
     from torchvision.datasets import MNIST
 
-    from ddpm_core.data import data_root
+    from ddpm_core.training.data import data_root
 
     raw = MNIST(root=str(data_root()), train=False).data[:5]
     assert torch.equal(to_uint8(images)[:, 0], raw)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from ddpm_core.ddim import ddim_sample, ddim_sigma, ddim_step, ddim_timesteps
-from ddpm_core.errors import DDPMError
-from ddpm_core.sampling import sample
-from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.unet import UNet, UNetConfig
+from ddpm_core.diffusion.ddim import ddim_sample, ddim_sigma, ddim_step, ddim_timesteps
+from ddpm_core.diffusion.sampling import sample
+from ddpm_core.diffusion.schedule import NoiseSchedule
+from ddpm_core.diffusion.unet import UNet, UNetConfig
+from ddpm_core.utils.errors import DDPMError
 
 T = 10
 

@@ -16,8 +16,8 @@ glibc_only = pytest.mark.skipif(
 # Run in a fresh process: the default UNet, and the minor page faults and output checksum of its forward pass.
 PROBE_SETUP = """
 import resource, torch
-from ddpm_core.device import keep_freed_memory
-from ddpm_core.unet import UNet
+from ddpm_core.utils.device import keep_freed_memory
+from ddpm_core.diffusion.unet import UNet
 torch.manual_seed(0)
 model = UNet().eval().to(memory_format=torch.channels_last)
 x, t = torch.randn(32, 1, 28, 28), torch.full((32,), 500)

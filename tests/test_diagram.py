@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ddpm_core import UNet, UNetConfig  # noqa: E402
-from ddpm_core.diagram import draw_unet, shape_label, trace_unet  # noqa: E402
+from ddpm_core.book.diagram import draw_unet, shape_label, trace_unet  # noqa: E402
 
 # The book's network, stage by stage: the shape of one image out of each, height x width x channels.
 EXPECTED = {

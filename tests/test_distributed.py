@@ -17,10 +17,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ddpm_core.checkpoint import load_checkpoint, load_resume_state
-from ddpm_core.errors import DDPMError
-from ddpm_core.recipe import TrainConfig
-from ddpm_core.training import train
+from ddpm_core.training.checkpoint import load_checkpoint, load_resume_state
+from ddpm_core.training.loop import train
+from ddpm_core.training.recipe import TrainConfig
+from ddpm_core.utils.errors import DDPMError
 from tests.helpers import REPO, TINY_CONFIG, needs_mnist
 
 CONFIG = TrainConfig(epochs=2, batch_size=16, lr=1e-4, num_steps=50, beta_start=1e-3, beta_end=0.2,
@@ -50,7 +50,7 @@ def _worker(rank: int, world: int, port: int, out: str, config: TrainConfig, res
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     if die_at and rank == 1:  # a process that dies in the middle of the second epoch
-        import ddpm_core.training as training
+        import ddpm_core.training.loop as training
 
         step = training.train_step
         calls = []

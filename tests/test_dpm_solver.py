@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from ddpm_core.ddim import ddim_sample
-from ddpm_core.dpm_solver import dpm_solver_sample, dpm_solver_step
-from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.seeds import initial_noise
+from ddpm_core.diffusion.ddim import ddim_sample
+from ddpm_core.diffusion.dpm_solver import dpm_solver_sample, dpm_solver_step
+from ddpm_core.diffusion.schedule import NoiseSchedule
+from ddpm_core.diffusion.seeds import initial_noise
 from tests.helpers import run_cli, tiny_model
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is the test oracle: pip install -r requirements-dev.txt")

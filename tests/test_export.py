@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from ddpm_core import NoiseSchedule, UNet
-from ddpm_core.checkpoint import load_checkpoint, save_weights
-from ddpm_core.cli import main
-from ddpm_core.ddim import ddim_sample
-from ddpm_core.errors import DDPMError
-from ddpm_core.export import compare_with_torch, export_onnx, initial_noise, onnx_bytes
-from ddpm_core.files import sha256_of
-from ddpm_core.sampling import sample
+from ddpm_core.app.cli import main
+from ddpm_core.app.export import compare_with_torch, export_onnx, initial_noise, onnx_bytes
+from ddpm_core.diffusion.ddim import ddim_sample
+from ddpm_core.diffusion.sampling import sample
+from ddpm_core.training.checkpoint import load_checkpoint, save_weights
+from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.files import sha256_of
 from tests.helpers import REPO, TINY_CONFIG, tiny_model, tiny_schedule
 
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -65,7 +65,7 @@ def test_the_exported_graph_matches_pytorch_at_every_batch_size(tiny_checkpoint,
 def test_a_graph_that_disagrees_is_refused_and_earlier_files_survive(tiny_checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"an earlier export")
-    monkeypatch.setattr("ddpm_core.export.compare_with_torch", lambda *args, **kwargs: 3e-3)
+    monkeypatch.setattr("ddpm_core.app.export.compare_with_torch", lambda *args, **kwargs: 3e-3)
     with pytest.raises(DDPMError, match="disagree by 3.00e-03 .*nothing was written"):
         export_onnx(tiny_checkpoint, out)
     assert out.read_bytes() == b"an earlier export" and not out.with_suffix(".json").exists()
@@ -151,7 +151,7 @@ def test_the_javascript_sampler_is_the_package_sampler(tmp_path):
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("CI must run the JavaScript sampler's test: apt-get install nodejs npm.")
         pytest.skip("node is not installed")
-    from ddpm_core.ddim import ddim_timesteps
+    from ddpm_core.diffusion.ddim import ddim_timesteps
 
     schedule = NoiseSchedule()
     initial = initial_noise([5, 6])

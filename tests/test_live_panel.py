@@ -82,8 +82,8 @@ def _choose(browser, **values):
 
 def _assert_ddim_reproduces_pytorch(browser, seed: int) -> None:
     from ddpm_core import load_checkpoint
-    from ddpm_core.data import to_uint8
-    from ddpm_core.ddim import ddim_sample
+    from ddpm_core.diffusion.ddim import ddim_sample
+    from ddpm_core.utils.images import to_uint8
 
     _choose(browser, sampler="ddim", steps=10, eta=0, seed=seed, **{"book-noise": True, "grid": False})
     _part(browser, "generate").click()

@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from ddpm_core.classifier import MNISTClassifier, predict_features, predict_logits
-from ddpm_core.data import load_mnist
-from ddpm_core.errors import DDPMError
-from ddpm_core.metrics import (
+from ddpm_core.diffusion.seeds import Trajectory
+from ddpm_core.measure.classifier import MNISTClassifier, predict_features, predict_logits
+from ddpm_core.measure.metrics import (
     classifier_scores,
     corrupt,
     evaluate_samples,
@@ -21,7 +20,8 @@ from ddpm_core.metrics import (
     nearest_neighbours,
     random_subset,
 )
-from ddpm_core.seeds import Trajectory
+from ddpm_core.training.data import load_mnist
+from ddpm_core.utils.errors import DDPMError
 from tests.helpers import needs_mnist
 
 

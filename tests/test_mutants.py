@@ -1,13 +1,15 @@
-"""The bugs of ``ddpm_core.bugs`` (the mutation tests' edits) still apply to today's package, and put the
+"""The bugs of ``ddpm_core.book.bugs`` (the mutation tests' edits) still apply to today's package, and put the
 bug where they say: in a module compiled beside the real one, or in a scratch copy of the repository."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from ddpm_core import NoiseSchedule
-from ddpm_core import sampling as real_sampling
-from ddpm_core.bugs import BUGS, STAGES, bug, copy_with
-from ddpm_core.errors import DDPMError
+from ddpm_core.book.bugs import BUGS, STAGES, bug, copy_with
+from ddpm_core.diffusion import sampling as real_sampling
+from ddpm_core.utils.errors import DDPMError
 from tests.helpers import REPO, mnist_available
 from tools.mutants import MUTANTS
 
@@ -19,7 +21,7 @@ def test_every_bug_finds_the_text_it_breaks(mutant):
         source = (REPO / edit.path).read_text()
         assert source.count(edit.old) == 1, (
             f"{mutant.name}: its text occurs {source.count(edit.old)} times in {edit.path}; "
-            f"update ddpm_core/bugs.py to today's code")
+            f"update ddpm_core/book/bugs.py to today's code")
         assert edit.new != edit.old and edit.path == mutant.path
     assert (REPO / mutant.chapter).is_file() if mutant.chapter else True
     assert all((REPO / test).is_file() for test in mutant.tests)
@@ -34,7 +36,7 @@ def test_a_diff_shows_the_edited_lines_and_nothing_else():
     changed = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
     assert changed == ["-        for t in range(schedule.num_steps, 0, -1):  # 2: for t = T, ..., 1",
                        "+        for t in range(1, schedule.num_steps + 1):  # 2: for t = T, ..., 1"]
-    assert diff.startswith("--- a/ddpm_core/sampling.py")
+    assert diff.startswith("--- a/ddpm_core/diffusion/sampling.py")
 
 
 def _zero_model(x, t):
@@ -58,10 +60,11 @@ def test_a_training_bug_is_refused_as_a_module_and_lives_in_a_scratch_copy():
     with pytest.raises(DDPMError, match="copy of the repository"):
         images_bug.module()
     with copy_with(images_bug) as root:
-        assert "/ 255.0" in (root / "ddpm_core" / "data.py").read_text()
-        assert (root / "ddpm_core" / "sampling.py").read_text() == (REPO / "ddpm_core" / "sampling.py").read_text()
+        assert "/ 255.0" in (root / "ddpm_core" / "training" / "data.py").read_text()
+        sampling = Path("ddpm_core") / "diffusion" / "sampling.py"
+        assert (root / sampling).read_text() == (REPO / sampling).read_text()
     assert not root.exists()
-    assert "/ 127.5 - 1.0" in (REPO / "ddpm_core" / "data.py").read_text()
+    assert "/ 127.5 - 1.0" in (REPO / "ddpm_core" / "training" / "data.py").read_text()
 
 
 def test_an_unknown_bug_is_named_with_the_known_ones():
@@ -70,7 +73,7 @@ def test_an_unknown_bug_is_named_with_the_known_ones():
 
 
 def test_the_bugs_command_lists_them_and_trains_only_training_bugs(capsys):
-    from ddpm_core.bugs import main
+    from ddpm_core.book.bugs import main
 
     assert main([]) == 0
     listed = capsys.readouterr().out
@@ -81,7 +84,7 @@ def test_the_bugs_command_lists_them_and_trains_only_training_bugs(capsys):
 
 @pytest.mark.skipif(not mnist_available(), reason="needs MNIST in $DDPM_DATA_DIR")
 def test_a_short_run_is_measured_at_timesteps_spread_over_its_own_schedule(tiny_run):
-    from ddpm_core.bugs import FRACTIONS, held_out_losses
+    from ddpm_core.book.bugs import FRACTIONS, held_out_losses
 
     measured = held_out_losses(tiny_run / "model.safetensors", num_images=8)
     # the tiny run's schedule has T = 20: fractions of it, rounded, at least 1, each once

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from ablations.candidates import CANDIDATES, REFERENCE, ROUND_TWO, recipe_of, train_command, train_flags
-from ddpm_core.cli import build_parser, train_configs
-from ddpm_core.errors import DDPMError
-from ddpm_core.objective import min_snr_weights
-from ddpm_core.recipe import TrainConfig, learning_rate
-from ddpm_core.schedule import NoiseSchedule
-from ddpm_core.unet import UNet, UNetConfig, count_parameters
+from ddpm_core.app.cli import build_parser, train_configs
+from ddpm_core.diffusion.objective import min_snr_weights
+from ddpm_core.diffusion.schedule import NoiseSchedule
+from ddpm_core.diffusion.unet import UNet, UNetConfig, count_parameters
+from ddpm_core.training.recipe import TrainConfig, learning_rate
+from ddpm_core.utils.errors import DDPMError
 
 
 def test_warmup_rises_linearly_to_the_peak_rate():
@@ -43,7 +43,7 @@ def test_min_snr_weights_are_one_where_snr_is_below_gamma_and_gamma_over_snr_abo
 
 
 def test_ema_warmup_forgets_the_initial_weights(tmp_path):
-    from ddpm_core.training import train
+    from ddpm_core.training.loop import train
 
     images = torch.rand(64, 1, 28, 28) * 2 - 1
     tiny = UNetConfig(channels=(8, 8, 8), time_freq_dim=8, time_embed_dim=16, num_groups=4)
@@ -54,7 +54,7 @@ def test_ema_warmup_forgets_the_initial_weights(tmp_path):
     for warmup in (False, True):
         out = tmp_path / str(warmup)
         train(out, TrainConfig(**common, ema_warmup=warmup), tiny, images=images, device="cpu", progress=False)
-        from ddpm_core.checkpoint import load_checkpoint
+        from ddpm_core.training.checkpoint import load_checkpoint
 
         ema = load_checkpoint(out / "model.safetensors", use_ema=True).model.state_dict()
         distances[warmup] = sum((ema[k] - initial[k]).norm().item() for k in initial if k.endswith("weight"))
@@ -129,7 +129,7 @@ def test_dropout_is_active_in_training_and_off_in_evaluation():
 
 
 def test_a_v_predicting_checkpoint_samples_and_exports_as_eps(tmp_path):
-    from ddpm_core.checkpoint import load_checkpoint, save_weights
+    from ddpm_core.training.checkpoint import load_checkpoint, save_weights
 
     tiny = UNetConfig(channels=(8, 8, 16), time_freq_dim=8, time_embed_dim=16, prediction="v")
     model = UNet(tiny, NoiseSchedule().alpha_bars).eval()
@@ -202,7 +202,7 @@ def _recipe_of_arguments(argv):
 
 
 def _recipe_of_checkpoint(path):
-    from ddpm_core.checkpoint import read_metadata
+    from ddpm_core.training.checkpoint import read_metadata
 
     metadata = read_metadata(path)
     return recipe_of(metadata["train_config"], UNetConfig.from_dict(metadata["model_config"]).to_dict())
@@ -248,7 +248,7 @@ def test_every_round_two_result_states_the_command_that_trains_its_candidate_wit
         for name, entry in results.items():
             assert entry["epochs"] == epochs and entry["parameters"] <= 324_705, (file, name)
             if name == "book":  # the committed model, scored on a second seed set
-                from ddpm_core.checkpoint import read_metadata
+                from ddpm_core.training.checkpoint import read_metadata
 
                 model = read_metadata(repo / "book" / "checkpoints" / "ddpm_mnist.safetensors")
                 assert entry["command"] == "make train" and entry["loss_history"] == model["loss_history"]
@@ -263,7 +263,7 @@ def test_every_round_two_result_states_the_command_that_trains_its_candidate_wit
 def test_the_books_recipe_keeps_the_reference_runs_schedule():
     """T = 1000 and betas from 1e-4 to 0.02: the budget every recipe shares. With T = 50 and the same betas,
     alpha_bar_T would be 0.60, not 4e-5, and sampling from pure noise would fail (the bug short-schedule of
-    ddpm_core.bugs)."""
+    ddpm_core.book.bugs)."""
     schedule = TrainConfig().schedule()
     assert schedule.num_steps == 1000
     assert torch.allclose(schedule.betas, torch.linspace(1e-4, 0.02, 1000, dtype=schedule.betas.dtype))

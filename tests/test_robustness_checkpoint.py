@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from ddpm_core.checkpoint import load_checkpoint, read_safetensors_header
+from ddpm_core.training.checkpoint import load_checkpoint, read_safetensors_header
 from tests.helpers import (
     CLASSIFIER,
     REPO,
@@ -134,7 +134,7 @@ def test_classifier_metadata_that_is_not_an_object_is_refused_naming_the_file(ra
     save_file(load_file(str(CLASSIFIER)), str(judge), metadata={"ddpm_core": raw})
     argv = [*_argv("evaluate", tiny_run, tmp_path), "--classifier", str(judge)]
     _run_and_check(argv, capsys, tmp_path, f"MNIST classifier {judge} has unusable metadata", kind,
-                   "python -m ddpm_core.classifier --out")
+                   "python -m ddpm_core.measure.train_classifier --out")
 
 
 # 3. Headers that lie: a 400 GB sparse file, and other impossible declarations ----------------------------------
@@ -158,7 +158,7 @@ def test_a_sparse_400_gb_classifier_is_refused_before_it_is_mapped(tiny_run, tmp
     sparse = _with_extra_tensor(CLASSIFIER, tmp_path / "judge.safetensors", [HUGE])
     argv = [*_argv("evaluate", tiny_run, tmp_path), "--classifier", str(sparse)]
     _run_and_check(argv, capsys, tmp_path, str(sparse), "do not fit MNISTClassifier", "'extra'",
-                   "python -m ddpm_core.classifier --out")
+                   "python -m ddpm_core.measure.train_classifier --out")
 
 
 def _lying_header(variant: str, source: Path, target: Path) -> Path:
@@ -339,7 +339,7 @@ def test_the_committed_checkpoint_loads_raw_and_ema_weights():
 
 
 def test_the_classifier_command_does_not_overwrite_an_existing_file(run_copy, capsys):
-    from ddpm_core.classifier import main as classifier_main
+    from ddpm_core.measure.train_classifier import main as classifier_main
 
     target = run_copy / "model.safetensors"
     before = digest(target)
@@ -354,8 +354,9 @@ def test_a_wrong_classifier_file_hints_at_a_new_path_only(run_copy, capsys):
     before = digest(checkpoint)
     code, output = run_cli(["evaluate", "--checkpoint", str(run_copy), "--classifier", str(checkpoint),
                             "--num-samples", "2", "--sampler", "ddim", "--steps", "2", "--no-progress"], capsys)
-    assert_clean_failure(code, output, 2, "not an MNIST classifier", "python -m ddpm_core.classifier --out ")
-    hinted = Path(output.split("python -m ddpm_core.classifier --out ")[1].split("`")[0])
+    assert_clean_failure(code, output, 2, "not an MNIST classifier",
+                         "python -m ddpm_core.measure.train_classifier --out ")
+    hinted = Path(output.split("python -m ddpm_core.measure.train_classifier --out ")[1].split("`")[0])
     assert not hinted.exists() and hinted != checkpoint
     assert digest(checkpoint) == before
 

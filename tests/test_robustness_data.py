@@ -13,7 +13,7 @@ from tests.helpers import (
 
 
 def _data_folder(tmp_path: Path, damage: bytes | None) -> Path:
-    from ddpm_core.data import MNIST_FILES, data_root
+    from ddpm_core.training.data import MNIST_FILES, data_root
 
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -27,7 +27,7 @@ def _data_folder(tmp_path: Path, damage: bytes | None) -> Path:
 @needs_mnist
 @pytest.mark.parametrize("damage", ["truncated", "random-bytes"])
 def test_a_damaged_mnist_file_is_named_with_what_is_wrong(damage, tmp_path, capsys, monkeypatch):
-    from ddpm_core.data import data_root
+    from ddpm_core.training.data import data_root
 
     original = (data_root() / "MNIST" / "raw" / "train-images-idx3-ubyte").read_bytes()
     content = original[:100_000] if damage == "truncated" else os.urandom(100_000)

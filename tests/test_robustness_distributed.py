@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_core import distributed
-from ddpm_core.errors import DDPMError
-from ddpm_core.run_folder import RunFolder
+from ddpm_core.training import distributed
+from ddpm_core.training.run_folder import RunFolder
+from ddpm_core.utils.errors import DDPMError
 from tests.helpers import DDPM, REPO, TINY_FLAGS, child_env, folder_hashes, needs_mnist, run_cli, wait_for
 
 LAUNCH = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",

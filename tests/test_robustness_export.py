@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_core.export import FORMAT
+from ddpm_core.app.export import FORMAT
 from tests.helpers import assert_clean_failure, digest, folder_hashes, run_cli
 
 
@@ -24,7 +24,7 @@ def exported(tiny_run, tmp_path_factory) -> Path:
 
 
 def run_cli_plain(argv: list[str]) -> int:
-    from ddpm_core.cli import main
+    from ddpm_core.app.cli import main
 
     return main(argv)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ddpm_core import TrainConfig, train
-from ddpm_core.unet import UNetConfig
+from ddpm_core.diffusion.unet import UNetConfig
 from tests.helpers import (
     assert_clean_failure,
     digest,
@@ -151,11 +151,12 @@ def test_a_conditional_model_asked_for_nothing_gets_advice_that_works(conditiona
 
 
 def test_evaluate_without_mnist_stops_before_sampling_and_creates_nothing(tiny_run, tmp_path, capsys, monkeypatch):
-    import ddpm_core.evaluation
+    import ddpm_core.measure.evaluation
 
     missing = tmp_path / "nonexistent" / "data"
     monkeypatch.setenv("DDPM_DATA_DIR", str(missing))
-    monkeypatch.setattr(ddpm_core.evaluation, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
+    monkeypatch.setattr(ddpm_core.measure.evaluation, "generate",
+                        lambda *a, **k: pytest.fail("sampled before the check"))
     monkeypatch.setattr("torchvision.datasets.MNIST.mirrors", ["http://127.0.0.1:9/"])  # no download here
     code, output = run_cli(["evaluate", "--checkpoint", str(tiny_run), "--num-samples", "4", "--no-progress"], capsys)
     assert_clean_failure(code, output, 2, "MNIST was not found", "DDPM_DATA_DIR")
@@ -163,9 +164,10 @@ def test_evaluate_without_mnist_stops_before_sampling_and_creates_nothing(tiny_r
 
 
 def test_evaluate_with_an_unusable_classifier_stops_before_sampling(tiny_run, tmp_path, capsys, monkeypatch):
-    import ddpm_core.evaluation
+    import ddpm_core.measure.evaluation
 
-    monkeypatch.setattr(ddpm_core.evaluation, "generate", lambda *a, **k: pytest.fail("sampled before the check"))
+    monkeypatch.setattr(ddpm_core.measure.evaluation, "generate",
+                        lambda *a, **k: pytest.fail("sampled before the check"))
     code, output = run_cli(["evaluate", "--checkpoint", str(tiny_run), "--num-samples", "4", "--no-progress",
                             "--classifier", str(tmp_path / "judge.safetensors")], capsys)
     assert_clean_failure(code, output, 2, str(tmp_path / "judge.safetensors"))

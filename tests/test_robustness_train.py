@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import ddpm_core.checkpoint
-import ddpm_core.training
+import ddpm_core.training.checkpoint
+import ddpm_core.training.loop
 from ddpm_core import TrainConfig, train
-from ddpm_core.cli import _interrupted, main
-from ddpm_core.lock import RunLock
-from ddpm_core.memory import MEMORY_MARGIN, MEMORY_OVERHEAD, activation_bytes_per_image
-from ddpm_core.run_folder import RunFolder
-from ddpm_core.unet import UNet, UNetConfig
+from ddpm_core.app.cli import _interrupted, main
+from ddpm_core.diffusion.unet import UNet, UNetConfig
+from ddpm_core.training.lock import RunLock
+from ddpm_core.training.memory import MEMORY_MARGIN, MEMORY_OVERHEAD, activation_bytes_per_image
+from ddpm_core.training.run_folder import RunFolder
 from tests.helpers import (
     DDPM,
     REPO,
@@ -182,7 +182,7 @@ def test_resume_into_a_folder_without_any_run_says_to_drop_resume_and_that_works
 
 
 def _disk_fills_after(monkeypatch, good_writes: int) -> None:
-    real = ddpm_core.checkpoint.save_file
+    real = ddpm_core.training.checkpoint.save_file
     calls = []
 
     def save_file(tensors, filename, metadata=None):
@@ -192,7 +192,7 @@ def _disk_fills_after(monkeypatch, good_writes: int) -> None:
         Path(filename).write_bytes(b"\0" * 1000)  # a part was written when the disk filled up
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ddpm_core.checkpoint, "save_file", save_file)
+    monkeypatch.setattr(ddpm_core.training.checkpoint, "save_file", save_file)
 
 
 @pytest.mark.slow
@@ -250,13 +250,13 @@ def test_a_subset_larger_than_the_training_set_is_refused_with_its_size(tmp_path
 
 @pytest.mark.slow
 def test_the_subset_advice_works(tmp_path, capsys, monkeypatch):
-    real = ddpm_core.training.load_mnist
+    real = ddpm_core.training.loop.load_mnist
 
     def small_mnist(train=True, subset=None):  # a training set of 300 images: the advice is cheap to follow
         images, labels = real(train=train, subset=300)
         return images[:subset], labels[:subset]
 
-    monkeypatch.setattr(ddpm_core.training, "load_mnist", small_mnist)
+    monkeypatch.setattr(ddpm_core.training.loop, "load_mnist", small_mnist)
     argv = ["train", "--out", str(tmp_path / "run"), *TINY_FLAGS, "--epochs", "1"]
     code, output = run_cli([*argv, "--subset", "1000"], capsys)
     assert_clean_failure(code, output, 2, "it holds 300", "--subset 300 or less")
@@ -329,7 +329,7 @@ def _tiny_step_bytes(batch: int) -> int:
 
 @pytest.mark.slow
 def test_a_batch_that_does_not_fit_is_refused_with_a_batch_size_that_does(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(ddpm_core.memory, "available_memory", lambda device: _tiny_step_bytes(100))
+    monkeypatch.setattr(ddpm_core.training.memory, "available_memory", lambda device: _tiny_step_bytes(100))
     out = tmp_path / "run"
     code, output = run_cli([*train_argv(out, "--epochs", "1"), "--batch-size", "256"], capsys)
     assert_clean_failure(code, output, 2, "--batch-size 256 needs about", "per image", "are free",
@@ -341,7 +341,7 @@ def test_a_batch_that_does_not_fit_is_refused_with_a_batch_size_that_does(tmp_pa
 
 @pytest.mark.slow
 def test_a_batch_of_all_of_mnist_is_refused_before_any_allocation(tmp_path, capsys):
-    if (ddpm_core.memory.available_memory(torch.device("cpu")) or 0) > 300e9:
+    if (ddpm_core.training.memory.available_memory(torch.device("cpu")) or 0) > 300e9:
         pytest.skip("this machine has the memory a 60,000-image batch of the default network needs")
     out = tmp_path / "run"
     code, output = run_cli(["train", "--out", str(out), "--batch-size", "60000", "--epochs", "1", "--device", "cpu",
@@ -434,7 +434,7 @@ def test_train_into_an_unwritable_place_is_refused_before_any_work(capsys):
 @pytest.mark.slow
 @needs_mnist
 def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_go_on(tmp_path, capsys, monkeypatch):
-    import ddpm_core.checkpoint
+    import ddpm_core.training.checkpoint
 
     out = tmp_path / "run"
     argv = ["train", "--out", str(out), "--subset", "128", *TINY_FLAGS]
@@ -445,7 +445,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_go_on(tmp_path, c
         Path(filename).write_bytes(b"\0" * 1000)  # a part was written when the disk filled up
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ddpm_core.checkpoint, "save_file", no_space)
+    monkeypatch.setattr(ddpm_core.training.checkpoint, "save_file", no_space)
     code, output = run_cli([*argv, "--epochs", "2", "--resume"], capsys)
     assert_clean_failure(code, output, 2, "disk is full", "MB were needed", "(epoch 1) is intact",
                          f"--out {out}", "--resume`")

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_core import sample_sets
-from ddpm_core.errors import DDPMError
-from ddpm_core.files import sha256_of
-from ddpm_core.sample_sets import (
+from ddpm_core.book import sample_sets
+from ddpm_core.book.sample_sets import (
     SAMPLE_SETS,
     SampleRecord,
     SampleSet,
@@ -19,6 +17,8 @@ from ddpm_core.sample_sets import (
     sample_set,
     write_record,
 )
+from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.files import sha256_of
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +70,8 @@ def test_a_set_is_generated_once_then_read_back_within_one_grey_level(store, mon
 
 
 def test_the_stored_images_are_the_samplers_output_to_within_half_a_grey_level(store):
-    from ddpm_core.checkpoint import load_checkpoint
-    from ddpm_core.sampling import sample
+    from ddpm_core.diffusion.sampling import sample
+    from ddpm_core.training.checkpoint import load_checkpoint
 
     record = load_samples("tiny", progress=False)
     loaded = load_checkpoint(store / "checkpoints" / "tiny.safetensors")
@@ -210,7 +210,7 @@ def test_the_command_lists_the_sets_and_generates_the_named_ones(store, capsys):
 
 
 def test_a_set_with_a_bug_is_made_by_the_broken_package_and_stored_as_its_own(store):
-    from ddpm_core.bugs import bug
+    from ddpm_core.book.bugs import bug
 
     clean = SampleSet("the tiny run, DDPM", 3, checkpoint="checkpoints/tiny.safetensors")
     broken = SampleSet("the tiny run, DDPM, noise at t = 1", 3, checkpoint="checkpoints/tiny.safetensors",

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from ddpm_core import DDPMError, sample
-from ddpm_core.sampling import ddpm_step
-from ddpm_core.seeds import SeedBatches, Trajectory
+from ddpm_core.diffusion.sampling import ddpm_step
+from ddpm_core.diffusion.seeds import SeedBatches, Trajectory
 from tests.helpers import tiny_model, tiny_schedule
 
 

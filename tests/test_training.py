@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ddpm_core import DDPMError, TrainConfig, load_checkpoint, read_metadata, train
-from ddpm_core.checkpoint import save_weights
-from ddpm_core.data import load_mnist
+from ddpm_core.training.checkpoint import save_weights
+from ddpm_core.training.data import load_mnist
 from tests.helpers import REPO, TINY_CONFIG, needs_mnist
 
 # A constant learning rate, so that a 1-epoch run may be resumed up to 2 epochs (a cosine plan may not).
@@ -51,7 +51,7 @@ def test_two_epochs_straight_equal_one_epoch_then_resume(tmp_path):
 
 @pytest.mark.slow
 def test_a_cosine_run_interrupted_in_epoch_2_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    import ddpm_core.training as training
+    import ddpm_core.training.loop as training
 
     images = synthetic_images()
     config = replace(QUICK, warmup_steps=2, lr_decay="cosine")  # 3 steps per epoch: warm-up, then decay
@@ -136,7 +136,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
             f.write(b"\x00" * 100)
         raise OSError("disk full")
 
-    monkeypatch.setattr("ddpm_core.checkpoint.save_file", half_written)
+    monkeypatch.setattr("ddpm_core.training.checkpoint.save_file", half_written)
     with pytest.raises(OSError, match="disk full"):
         save_weights(tmp_path / "model.safetensors", loaded.model, {"epoch": 99})
     assert load_checkpoint(tmp_path).metadata["epoch"] == 1
@@ -166,8 +166,8 @@ def test_a_killed_run_leaves_a_loadable_last_checkpoint(tmp_path):
 
 
 def test_train_step_is_algorithm_1_on_one_batch():
-    from ddpm_core.objective import train_step
-    from ddpm_core.unet import UNet
+    from ddpm_core.diffusion.objective import train_step
+    from ddpm_core.diffusion.unet import UNet
 
     config = TrainConfig(num_steps=50, channels_last=False)
     schedule = config.schedule()
@@ -191,9 +191,9 @@ def test_train_step_is_algorithm_1_on_one_batch():
 
 
 def test_train_step_leaves_the_weights_alone_when_the_loss_is_not_finite():
-    from ddpm_core.objective import train_step
-    from ddpm_core.recipe import RecipeHooks
-    from ddpm_core.unet import UNet
+    from ddpm_core.diffusion.objective import train_step
+    from ddpm_core.diffusion.unet import UNet
+    from ddpm_core.training.recipe import RecipeHooks
 
     config = TrainConfig(num_steps=50, channels_last=False, ema_decay=0.9)
     torch.manual_seed(0)
@@ -209,9 +209,9 @@ def test_train_step_leaves_the_weights_alone_when_the_loss_is_not_finite():
 
 
 def test_the_ema_moves_a_share_one_minus_decay_towards_the_new_weights():
-    from ddpm_core.objective import train_step
-    from ddpm_core.recipe import RecipeHooks
-    from ddpm_core.unet import UNet
+    from ddpm_core.diffusion.objective import train_step
+    from ddpm_core.diffusion.unet import UNet
+    from ddpm_core.training.recipe import RecipeHooks
 
     config = TrainConfig(num_steps=50, channels_last=False, ema_decay=0.9, ema_warmup=False)
     torch.manual_seed(0)

@@ -10,15 +10,15 @@ import pytest
 from PIL import Image
 
 from ddpm_core import DDPMError
-from ddpm_core.data import to_uint8
-from ddpm_core.slider import (
+from ddpm_core.book.slider import (
     LIVE_ENV,
     StaticTrajectorySlider,
     show_trajectory,
     trajectory_slider_html,
     trajectory_widget,
 )
-from ddpm_core.viz import trajectory_grids
+from ddpm_core.book.viz import trajectory_grids
+from ddpm_core.utils.images import to_uint8
 
 TIMESTEPS = [1000, 750, 500, 250, 100, 10, 0]
 
@@ -160,7 +160,7 @@ def test_show_trajectory_is_static_html_unless_live(trajectory, monkeypatch):
 def test_slider_markup_and_script_come_from_the_package_data_files(trajectory):
     from importlib.resources import files
 
-    templates = files("ddpm_core").joinpath("templates")
+    templates = files("ddpm_core.book").joinpath("templates")
     script = templates.joinpath("trajectory_slider.js").read_text(encoding="utf-8")
     html = trajectory_slider_html(trajectory, element_id="probe")
     assert "$" not in html  # every placeholder of both templates is filled

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from ddpm_core.checkpoint import read_metadata
-from ddpm_core.classifier import DEFAULT_PATH as JUDGE
+from ddpm_core.measure.classifier import DEFAULT_PATH as JUDGE
+from ddpm_core.training.checkpoint import read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 U = REPO / "book" / "checkpoints" / "ddpm_mnist.safetensors"

@@ -70,7 +70,7 @@ def run_chapter(clone: Path, name: str, limit_minutes: float) -> dict:
 def machine() -> tuple[str, int]:
     import torch
 
-    from ddpm_core.device import device_description
+    from ddpm_core.utils.device import device_description
 
     return device_description(torch.device("cpu")), torch.get_num_threads()
 

@@ -1,7 +1,7 @@
 """Do the tests catch broken maths? Apply small breaking changes to ddpm_core, one at a time, and see which
 test fails.
 
-Each mutant is one bug of ``ddpm_core.bugs`` (the edits that the chapter "When it goes wrong" also
+Each mutant is one bug of ``ddpm_core.book.bugs`` (the edits that the chapter "When it goes wrong" also
 shows), made in a scratch copy of the repository (the working tree is never touched). For each, the unit
 tests that cover the code run first (stopping at the first failure), then the chapter that explains the
 formula, in quick mode. The table names the first unit test that failed and what in the chapter failed:
@@ -25,11 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-from ddpm_core.bugs import BUGS, REPO, VERDICTS, copy_with, env_of
-from ddpm_core.files import store_entry
+from ddpm_core.book.bugs import BUGS, REPO, VERDICTS, copy_with, env_of
+from ddpm_core.utils.files import store_entry
 
 NBVAL = ["--nbval-lax", "--nbval-sanitize-with", "book/nbval_sanitize.cfg"]  # as `make nbtest` runs the chapters
-MUTANTS = BUGS  # every bug of ddpm_core.bugs: the chapter's gallery and the formulas the unit tests guard
+MUTANTS = BUGS  # every bug of ddpm_core.book.bugs: the chapter's gallery and the formulas the unit tests guard
 
 
 def pytest(root: Path, args: list[str], quick: bool) -> tuple[bool, str, str]:

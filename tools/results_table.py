@@ -98,7 +98,7 @@ def rounded(value: str | float, step: str = "0.1") -> str:
 
 
 def losses() -> list[str]:
-    from ddpm_core.checkpoint import read_metadata
+    from ddpm_core.training.checkpoint import read_metadata
 
     book = read_metadata(REPO / "book" / "checkpoints" / "ddpm_mnist.safetensors")["loss_history"]
     reference_recipe = read_metadata(

@@ -47,7 +47,7 @@
     ctx.putImageData(image, 0, 0);
   }
 
-  function DDPMLevels(x) {  // as ddpm_core.data.to_uint8
+  function DDPMLevels(x) {  // as ddpm_core.training.data.to_uint8
     var out = new Uint8ClampedArray(x.length);
     for (var i = 0; i < x.length; i++) { out[i] = Math.round((Math.min(Math.max(x[i], -1), 1) + 1) * 127.5); }
     return out;

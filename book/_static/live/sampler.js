@@ -1,5 +1,5 @@
-// The reverse process in JavaScript: the same updates as ddpm_core.sampling.ddpm_step and
-// ddpm_core.ddim.ddim_step, with the schedule's arrays read from the exported model.json (never
+// The reverse process in JavaScript: the same updates as ddpm_core.diffusion.sampling.ddpm_step and
+// ddpm_core.diffusion.ddim.ddim_step, with the schedule's arrays read from the exported model.json (never
 // re-derived here), and a seedable Gaussian generator of the page's own.
 // Loaded by worker.js (importScripts) and by Node (require) for the tests.
 (function (root) {
@@ -148,7 +148,7 @@
     return {samples: x, frames: frames, size: size, batch: batch};
   }
 
-  // [-1, 1] -> {0..255}, clipped and rounded as ddpm_core.data.to_uint8 (which rounds an exact half to
+  // [-1, 1] -> {0..255}, clipped and rounded as ddpm_core.training.data.to_uint8 (which rounds an exact half to
   // even where Math.round rounds it up: the two can differ by one level there).
   function toUint8(x) {
     var out = new Uint8Array(x.length);
