@@ -108,7 +108,7 @@ def serve() -> Iterator[Callable[[Path], str]]:
         server.server_close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A finished one-epoch run of the tiny network on random images, with a 20-step schedule and no EMA."""
     folder = tmp_path_factory.mktemp("tiny_run")
@@ -118,7 +118,7 @@ def tiny_run(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def slow_run(tmp_path_factory) -> Path:
     """The tiny network with the full 1000-step schedule: sampling takes long enough to be interrupted."""
     folder = tmp_path_factory.mktemp("slow_run")

@@ -22,14 +22,14 @@ from tests.helpers import needs_mnist
 
 
 @pytest.fixture(scope="module")
-def test_slice(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
+def held_out_slice(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = mnist_test
     return images[:2000], labels[:2000]
 
 
 @needs_mnist
-def test_classifier_accuracy_on_fixed_test_slice(classifier, test_slice):
-    images, labels = test_slice
+def test_classifier_accuracy_on_fixed_test_slice(classifier, held_out_slice):
+    images, labels = held_out_slice
     # The committed weights classify 99.05% of the first 2,000 test images correctly (99.26% of all 10,000).
     assert accuracy(classifier, images, labels) >= 0.985
 

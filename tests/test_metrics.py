@@ -26,7 +26,7 @@ from tests.helpers import needs_mnist
 
 
 @pytest.fixture(scope="module")
-def test_images(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
+def held_out_images(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = mnist_test
     return images[:2000], labels[:2000]
 
@@ -43,14 +43,14 @@ def _symmetric_sqrt(matrix: torch.Tensor) -> torch.Tensor:
 
 
 @needs_mnist
-def test_frechet_distance_of_a_set_with_itself_is_near_zero(classifier, test_images):
-    images = test_images[0][:500]
+def test_frechet_distance_of_a_set_with_itself_is_near_zero(classifier, held_out_images):
+    images = held_out_images[0][:500]
     assert abs(frechet_distance(images, images, classifier)) < 1e-3
 
 
 @needs_mnist
-def test_frechet_distance_matches_the_closed_form_on_the_classifier_features(classifier, test_images):
-    real, fake = test_images[0][:400], corrupt(test_images[0][400:800], "blur", 1.0)
+def test_frechet_distance_matches_the_closed_form_on_the_classifier_features(classifier, held_out_images):
+    real, fake = held_out_images[0][:400], corrupt(held_out_images[0][400:800], "blur", 1.0)
     f_r, f_f = predict_features(classifier, real).double(), predict_features(classifier, fake).double()
     mu_r, mu_f = f_r.mean(0), f_f.mean(0)
     sigma_r, sigma_f = torch.cov(f_r.T), torch.cov(f_f.T)
@@ -62,8 +62,8 @@ def test_frechet_distance_matches_the_closed_form_on_the_classifier_features(cla
 
 
 @needs_mnist
-def test_frechet_distance_grows_with_corruption(classifier, test_images):
-    real, other = test_images[0][:500], test_images[0][500:1000]
+def test_frechet_distance_grows_with_corruption(classifier, held_out_images):
+    real, other = held_out_images[0][:500], held_out_images[0][500:1000]
     distances = [frechet_distance(real, corrupt(other, "noise", s), classifier) for s in (0.0, 0.1, 0.3, 0.6)]
     # Measured with the committed classifier: 13.6, 16.3, 59.5 and 250.9 for noise 0, 0.1, 0.3 and 0.6.
     assert distances == sorted(distances)
@@ -88,11 +88,11 @@ def test_inception_score_bounds():
 
 
 @needs_mnist
-def test_classifier_scores_of_real_test_digits_are_confident_and_balanced(classifier, test_images):
-    scores = classifier_scores(test_images[0][:1000], classifier)
+def test_classifier_scores_of_real_test_digits_are_confident_and_balanced(classifier, held_out_images):
+    scores = classifier_scores(held_out_images[0][:1000], classifier)
     assert scores["num_images"] == 1000
     assert sum(scores["class_counts"]) == 1000
-    assert torch.equal(scores["labels"], predict_logits(classifier, test_images[0][:1000]).argmax(1))
+    assert torch.equal(scores["labels"], predict_logits(classifier, held_out_images[0][:1000]).argmax(1))
     assert scores["confident_fraction"] > 0.95
     assert scores["inception_score"] > 9.0
     assert scores["class_ratio"] < 1.6  # the first 1,000 test labels run from 85 to 126 per digit
@@ -117,8 +117,8 @@ def test_nearest_neighbours_agree_with_brute_force():
 
 
 @needs_mnist
-def test_lock_in_timesteps_on_a_synthetic_trajectory(classifier, test_images):
-    images, labels = test_images
+def test_lock_in_timesteps_on_a_synthetic_trajectory(classifier, held_out_images):
+    images, labels = held_out_images
     predicted = predict_logits(classifier, images).argmax(1)
     # One correctly classified test image per digit stands in for a predicted x_0 of that digit.
     digit = {d: images[((labels == d) & (predicted == d)).nonzero()[0, 0]] for d in (1, 3, 5, 7)}
@@ -161,8 +161,8 @@ def test_corrupt_rejects_an_unknown_kind():
 
 
 @needs_mnist
-def test_evaluate_samples_table_shows_the_sample_count_and_memorisation(classifier, test_images, train_images):
-    images = test_images[0]
+def test_evaluate_samples_table_shows_the_sample_count_and_memorisation(classifier, held_out_images, train_images):
+    images = held_out_images[0]
     real_vs_real = evaluate_samples(images[1000:1300], images[:1000], train_images, classifier)
     copies = evaluate_samples(train_images[:300], images[:1000], train_images, classifier)
     assert (real_vs_real["num_samples"], real_vs_real["num_real"]) == (300, 300)

@@ -4,7 +4,7 @@ Each case is a careless or hostile use of ``python -m ddpm_core``: a file it mus
 checkpoint, a setting out of range, a broken launch environment. The script runs them in a scratch folder
 and prints, for each, the exit status, whether a traceback appeared, and the message (argparse's error
 line, or the first lines of the package's paragraph); where a file must survive, whether its SHA-256 is
-unchanged. The unit tests (``tests/test_robustness_*.py``) assert the same; this is the list a person reads::
+unchanged. The unit tests (``tests/robustness/``) assert the same; this is the list a person reads::
 
     DDPM_DATA_DIR=../shared/data python -m tools.audit_cases
 """
