@@ -228,22 +228,6 @@ def test_output_dir_is_a_scratch_folder_in_quick_mode(tmp_path, monkeypatch):
     assert (tmp_path / "full").is_dir()
 
 
-def test_cached_computes_once_then_reads_the_file(tmp_path):
-    import torch
-
-    from ddpm_core.book.chapter import cached
-
-    calls = []
-
-    def make():
-        calls.append(1)
-        return {"x": torch.arange(3)}
-
-    first = cached(tmp_path / "sub" / "value.pt", make)
-    second = cached(tmp_path / "sub" / "value.pt", make)
-    assert len(calls) == 1 and torch.equal(first["x"], second["x"])
-
-
 def test_correlation_of_images_with_themselves_and_their_negatives():
     import torch
 

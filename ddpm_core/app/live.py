@@ -19,6 +19,8 @@ import sys
 from html import escape
 from pathlib import Path
 
+from ddpm_core.utils.files import write_bytes
+
 PANEL_SCRIPT = "../_static/live/panel.js"  # relative to a chapter's page, book/NN_name.html
 
 
@@ -72,7 +74,7 @@ def write_file_mode(static: str | Path) -> Path:
         "seeds": json.loads((live / "seeds.json").read_text(encoding="utf-8")),
     }
     out = ort / "file-mode.js"
-    out.write_text("window.DDPM_LIVE_FILE = " + json.dumps(record) + ";\n", encoding="utf-8")
+    write_bytes(out, ("window.DDPM_LIVE_FILE = " + json.dumps(record) + ";\n").encode("utf-8"))
     return out
 
 

@@ -1,15 +1,16 @@
-"""Helpers for the book's chapters: quick mode, source listings, cached results, small plots, Colab.
+"""Helpers for the book's chapters: quick mode, source listings, checked claims, small plots, Colab.
 
 The chapters (``book/*.ipynb``) import these instead of defining their own:
 
 - ``chapter_setup``: what every chapter's set-up cell needs, once: the repository's paths and
-  checkpoints, the figures' resolution, and the size of a measurement (``Chapter.size``);
+  checkpoints, the figures' resolution, and whether this is the tests' quick run
+  (``Chapter.quick``); ``Chapter.full_size_claims`` names the claims that rest on the book's
+  full sample sizes;
 - ``quick_mode`` and ``output_dir``: the switch between the full run that produced the stored
   outputs and the quick run of the tests, which writes only into a scratch folder;
 - ``show_source``: the real source of a package function, so a listing cannot drift from the
   code (``tests/test_book.py`` compares every stored listing with today's source);
 - ``check``: a claim of the text, stated as a condition that prints a ✓ line or stops the chapter;
-- ``cached``: a result computed once and kept on disk between runs of a chapter;
 - ``show_grid`` and ``correlation``: a grid of digits on a matplotlib axis, and the mean
   correlation of two batches of images;
 - ``training_time``: the one measured time of the book's 15-epoch training, which every page
@@ -25,21 +26,19 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import Tensor
 
+from ddpm_core.utils.files import atomic_write
 from ddpm_core.utils.images import make_grid
 
 if TYPE_CHECKING:
     import matplotlib.axes
     from IPython.display import Code
 
-T = TypeVar("T")
 QUICK_ENV = "DDPM_QUICK"
 SCRATCH_ENV = "DDPM_SCRATCH"
 COLAB_CLONE = "/content/ddpm-book"  # where the Colab cell clones the repository
@@ -67,10 +66,20 @@ class Chapter:
     reference_model: Path  # the same network trained with the reference run's recipe
     conditional_model: Path  # the class-conditional model of chapter 9
 
-    def pick(self, full: T, quick: T) -> T:
-        """``full`` (a count of images, samples or steps, or a tolerance) for the book; ``quick`` in the tests'
-        quick run, whose smaller measurements need it."""
+    def full_size_claims(self, *claims: str) -> None:
+        """Name the claims of this chapter that rest on the book's full sample sizes.
+
+        ``check`` lists them, instead of holding them, in the tests' quick run, whose few
+        samples cannot bear them. A chapter calls this from its hidden set-up cell, so that
+        its visible checks read as the claims they are.
+        """
+        _FULL_SIZE_CLAIMS.update(claims)
+
+    def pick(self, full, quick):  # TRANSITIONAL: removed once every chapter's set-up is hidden
         return quick if self.quick else full
+
+
+_FULL_SIZE_CLAIMS: set[str] = set()  # claims held only at the book's full sample sizes
 
 
 def chapter_setup(dpi: int = 100) -> Chapter:
@@ -108,32 +117,18 @@ def check(passed: bool, claim: str, detail: str = "", needs_full_size: bool = Fa
     """State a claim the chapter makes and hold it to the numbers: print "✓ claim", or raise.
 
     The chapters check their prose with this, so that a broken formula in the package fails the
-    chapter (and its test) instead of quietly changing a figure. A claim about the book's sample
-    sizes (``needs_full_size``) is only listed, not held, in the tests' quick run, whose few samples
-    cannot bear it.
+    chapter (and its test) instead of quietly changing a figure. A claim that rests on the
+    book's sample sizes (``Chapter.full_size_claims``) is only listed, not held, in the tests'
+    quick run, whose few samples cannot bear it.
     """
     shown = f"{claim} ({detail})" if detail else claim
-    if needs_full_size and quick_mode():
+    if (needs_full_size or claim in _FULL_SIZE_CLAIMS) and quick_mode():
         print(textwrap.fill(f"- not held on a quick run's few samples: {shown}", width=88, subsequent_indent="  "))
         return
     if not passed:
         raise AssertionError(f"✗ {shown}: the numbers above no longer support this claim.")
     # wrapped to the width of the book's code cells, so the line never scrolls on the page
     print(textwrap.fill(f"✓ {shown}", width=88, subsequent_indent="  "))
-
-
-def cached(path: str | Path, make: Callable[[], Any]) -> Any:
-    """Load the result stored at ``path`` (a ``torch.save`` file), or compute it with ``make()`` and store it.
-
-    Delete the file to compute it again.
-    """
-    path = Path(path)
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    value = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(value, path)
-    return value
 
 
 def show_grid(
@@ -221,6 +216,6 @@ def write_colab_cells(repo: str | Path) -> list[Path]:
         cell = next(c for c in notebook.cells if c.cell_type == "code")
         if cell.source != source:
             cell.source = source
-            nbformat.write(notebook, path)
+            atomic_write(path, lambda tmp, nb=notebook: nbformat.write(nb, tmp))
             changed.append(path)
     return changed
