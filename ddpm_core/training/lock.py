@@ -10,6 +10,12 @@ Taking the lock is also the first write into the folder, so an output path
 that is a file, or a folder that cannot be written, is reported before any
 data is loaded or any step is trained. The lock removes nothing: the
 training loop clears its own temporary files once it has accepted the run.
+
+The lock only ever opens a file it made itself: it creates ``.lock`` with ``O_CREAT | O_EXCL |
+O_NOFOLLOW``, and it reopens an existing ``.lock`` only when that is a plain file, with no other
+link to it, that starts with the lock's own first line (``MARKER``). Anything else at that
+path (a user's file, a symbolic or hard link, a FIFO, a device, a folder) is refused with a
+message that names it, and is left exactly as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import errno
 import fcntl
 import functools
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +34,8 @@ from ddpm_core.training.run_folder import RunFolder
 from ddpm_core.utils.errors import DDPMError
 
 F = TypeVar("F", bound=Callable[..., Any])
+MARKER = b"ddpm_core run lock\n"  # the first line of every lock file this module writes
+_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 def _unusable_folder(out_dir: Path, error: OSError) -> DDPMError:
@@ -44,6 +53,38 @@ def _unusable_folder(out_dir: Path, error: OSError) -> DDPMError:
     )
 
 
+def _create(path: Path) -> int:
+    fd = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o666)
+    os.pwrite(fd, MARKER, 0)
+    return fd
+
+
+def _foreign(path: Path) -> str | None:
+    """Why the thing at ``path`` is not a lock file this module made, or None if it may be one."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return "it vanished while the lock was taken; run the command again"
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symbolic link"
+    if stat.S_ISDIR(info.st_mode):
+        return "it is a folder"
+    if not stat.S_ISREG(info.st_mode):
+        return "it is a pipe, socket or device, not a file"
+    return None
+
+
+def _foreign_descriptor(fd: int) -> str | None:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        return "it is a pipe, socket or device, not a file"
+    if info.st_nlink != 1:
+        return f"it is a file with {info.st_nlink} hard links, so other names share its contents"
+    if os.pread(fd, len(MARKER), 0) != MARKER:
+        return "it is a file with other contents"
+    return None
+
+
 class RunLock:
     """An exclusive lock on a run folder, held from ``acquire`` until ``release`` or the process ends."""
 
@@ -56,13 +97,13 @@ class RunLock:
         """Take the lock, or raise ``DDPMError`` naming the folder and the process that holds it."""
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = self._open()
         except OSError as error:
             raise _unusable_folder(self.out_dir, error) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            holder = os.pread(fd, 64, len(MARKER)).decode("ascii", "replace").strip()
             os.close(fd)
             who = f"process {holder}" if holder.isdigit() else "another process"
             raise DDPMError(
@@ -70,15 +111,42 @@ class RunLock:
                 f"files, so this one stopped without writing anything. Wait for that run to finish (or stop it), "
                 f"or choose another --out folder."
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        self._write(f"{os.getpid()}\n".encode())
         return self
+
+    def _open(self) -> int:
+        """A descriptor of the lock file: a new one, or the one an earlier run left; never anything else."""
+        try:
+            return _create(self.path)
+        except FileExistsError:
+            pass
+        refusal = _foreign(self.path)
+        if refusal is None:
+            try:
+                fd = os.open(self.path, _OPEN_FLAGS)
+            except OSError as error:  # swapped for a link or removed since the look above
+                refusal = error.strerror or str(error)
+            else:
+                refusal = _foreign_descriptor(fd)
+                if refusal is None:
+                    return fd
+                os.close(fd)
+        raise DDPMError(
+            f"Cannot train into {self.out_dir}: {self.path} exists and is not a lock file of this package "
+            f"({refusal}). The lock never changes a file it did not make, so nothing was written. Move or remove "
+            f"{self.path}, or choose another --out folder."
+        )
+
+    def _write(self, holder: bytes) -> None:
+        # Only ever called on the file this module made: its own first line, then the holder.
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, MARKER + holder, 0)
 
     def release(self) -> None:
         if self._fd is not None:
             # The file stays: removing it could let a third run lock a new file while a second waits on the old.
-            os.ftruncate(self._fd, 0)
+            self._write(b"")
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
