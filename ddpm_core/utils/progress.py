@@ -1,12 +1,69 @@
-"""The progress of one training epoch: a bar over its steps and the running mean of the loss.
+"""Progress bars that suit where they are written: a live bar on a terminal, a few plain lines in a log.
 
-Both training loops of the package, the diffusion model's (``training.py``) and the judge's
-(``classifier.py``), report an epoch the same way through ``EpochProgress``.
+On a terminal, ``progress_bar`` is tqdm's bar. When standard error is a file or a pipe (a log,
+CI, ``nohup``), a bar's carriage-return updates would pile up on one line of the file, one per
+step; there it prints a plain line instead, at most once every ``LOG_INTERVAL_S`` seconds (and
+a last one when a bar that printed finishes), so a 30-minute training run writes a few dozen
+lines and a task shorter than the interval writes none. In Jupyter, tqdm draws its own widget. ``enabled=False`` (the
+command line's ``--no-progress``) silences both.
+
+``EpochProgress`` is the progress of one training epoch: a bar over its steps and the running
+mean of the loss, shared by the diffusion model's training loop and the judge's.
 """
 
 from __future__ import annotations
 
+import sys
+import time
+from typing import Any
+
 from tqdm.auto import tqdm
+
+LOG_INTERVAL_S = 60.0  # how often a bar writing to a log prints a line
+
+
+class LogProgress:
+    """The part of tqdm's interface the package uses, written as plain lines for a log."""
+
+    def __init__(self, total: int, desc: str, unit: str = "it", interval_s: float = LOG_INTERVAL_S) -> None:
+        self.total, self.desc, self.unit, self.interval_s = total, desc, unit, interval_s
+        self.n, self.postfix, self.lines = 0, "", 0
+        self._started = self._printed = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self._printed >= self.interval_s:
+            self._print()
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def close(self) -> None:
+        if self.lines and self.n:
+            self._print()
+        self.lines = 0  # a second close prints nothing
+
+    def _print(self) -> None:
+        self._printed, self.lines = time.monotonic(), self.lines + 1
+        elapsed = self._printed - self._started
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(f"{self.desc}: {self.n}/{self.total} {self.unit}s, {elapsed:.0f} s{extra}", file=sys.stderr, flush=True)
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "it") -> Any:
+    """A bar over ``total`` steps: tqdm's on a terminal, ``LogProgress`` in a log, silent if not ``enabled``."""
+    if enabled and not _is_terminal(sys.stderr):
+        return LogProgress(total, desc, unit)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
+
+
+def _is_terminal(stream: Any) -> bool:
+    if type(stream).__module__.startswith("ipykernel"):
+        return True  # a notebook: tqdm.auto draws a widget that updates in place
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without a terminal, or closed
+        return False
 
 
 class EpochProgress:
@@ -14,7 +71,7 @@ class EpochProgress:
 
     def __init__(self, steps: int, desc: str, enabled: bool = True) -> None:
         self.total, self.seen, self.steps = 0.0, 0, 0
-        self._bar = tqdm(total=steps, desc=desc, disable=not enabled, leave=False)
+        self._bar = progress_bar(steps, desc, enabled, unit="step")
 
     def add(self, mean_loss: float, images: int) -> None:
         """One step whose loss, averaged over its ``images`` images, was ``mean_loss``."""
