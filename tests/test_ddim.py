@@ -6,6 +6,7 @@ import torch
 from ddpm_core.diffusion.ddim import ddim_sample, ddim_sigma, ddim_step, ddim_timesteps
 from ddpm_core.diffusion.sampling import sample
 from ddpm_core.diffusion.schedule import NoiseSchedule
+from ddpm_core.diffusion.seeds import initial_noise
 from ddpm_core.diffusion.unet import UNet, UNetConfig
 from ddpm_core.utils.errors import DDPMError
 
@@ -174,3 +175,29 @@ def test_trajectory_captures_visited_steps_and_the_final_sample(model, schedule)
         xt = trajectory.xt[k]
         eps_pred = model(xt, torch.full((2,), taus[1]))
     torch.testing.assert_close(trajectory.x0_pred[k], schedule.predict_x0(xt, taus[1], eps_pred), rtol=0, atol=1e-5)
+
+
+def test_a_given_x_T_is_mapped_by_the_same_steps_and_eta_one_still_draws_z_from_the_seeds(model, schedule):
+    x_T = torch.randn((2, 1, 28, 28), generator=torch.Generator().manual_seed(42))
+    taus = ddim_timesteps(T, 4)
+    x = x_T
+    with torch.no_grad():
+        for t, t_prev in zip(taus, taus[1:] + [0], strict=True):
+            x, _ = ddim_step(schedule, x, model(x, torch.full((2,), t)), t, t_prev)
+    mapped, _ = ddim_sample(model, schedule, x_T=x_T, steps=4, progress=False)
+    torch.testing.assert_close(mapped, x, rtol=0, atol=1e-6)
+    seeded, _ = ddim_sample(model, schedule, seeds=[5, 6], steps=4, eta=1.0, progress=False)
+    given, _ = ddim_sample(model, schedule, seeds=[5, 6], x_T=initial_noise([5, 6]), steps=4, eta=1.0, progress=False)
+    assert torch.equal(given, seeded)
+
+
+def test_the_float64_alpha_bar_of_the_schedule_is_the_one_ddim_steps_with(schedule):
+    # sigma of eq. (16) and the last step's landing on x0_pred both read alpha_bar_0 = 1
+    t, t_prev = 3, 0
+    assert ddim_sigma(schedule, t, t_prev, 1.0) == 0.0
+    x, eps = torch.ones(1, 1, 2, 2), torch.full((1, 1, 2, 2), 0.5)
+    x_prev, x0_pred = ddim_step(schedule, x, eps, t, t_prev)
+    assert torch.equal(x_prev, x0_pred)
+    alpha_bar, alpha_bar_prev = schedule.alpha_bar(5), schedule.alpha_bar(2)
+    expected = ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)) ** 0.5
+    assert ddim_sigma(schedule, 5, 2, 1.0) == expected

@@ -7,6 +7,7 @@ from ddpm_core.diffusion.ddim import ddim_sample
 from ddpm_core.diffusion.dpm_solver import dpm_solver_sample, dpm_solver_step
 from ddpm_core.diffusion.schedule import NoiseSchedule
 from ddpm_core.diffusion.seeds import initial_noise
+from ddpm_core.utils.errors import DDPMError
 from tests.helpers import run_cli, tiny_model
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is the test oracle: pip install -r requirements-dev.txt")
@@ -65,3 +66,15 @@ def test_the_command_line_samples_with_dpm_solver_and_refuses_eta(tiny_run, tmp_
                             "--out", str(tmp_path / "t.npy")], capsys)
     assert code == 2 and "--eta applies only to the DDIM sampler" in output and "Traceback" not in output
     assert not (tmp_path / "t.npy").exists()
+
+
+def test_a_given_x_T_is_solved_as_the_seeds_own_and_a_capture_it_never_visits_names_dpm_solver():
+    torch.manual_seed(0)
+    model, schedule = tiny_model(), NoiseSchedule()
+    seeded, _ = dpm_solver_sample(model, schedule, seeds=[3, 4], steps=4, progress=False)
+    given, _ = dpm_solver_sample(model, schedule, x_T=initial_noise([3, 4]), steps=4, progress=False)
+    assert torch.equal(given, seeded)
+    with pytest.raises(DDPMError, match=r"DPM-Solver\+\+ with 4 steps never visits timesteps \[500\]"):
+        dpm_solver_sample(model, schedule, num_samples=1, steps=4, capture=[500], progress=False)
+    with pytest.raises(DDPMError, match="the sampler visits a subsequence"):
+        dpm_solver_sample(model, schedule, num_samples=1, steps=0, progress=False)

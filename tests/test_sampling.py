@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ddpm_core import DDPMError, sample
+from ddpm_core import DDPMError, NoiseSchedule, sample
 from ddpm_core.diffusion.sampling import ddpm_step
-from ddpm_core.diffusion.seeds import SeedBatches, Trajectory
+from ddpm_core.diffusion.seeds import SeedBatches, Trajectory, initial_noise
 from tests.helpers import tiny_model, tiny_schedule
 
 
@@ -122,17 +122,66 @@ def test_any_function_of_x_and_t_can_be_sampled_given_the_image_shape():
 
 
 def test_seed_batches_hand_out_each_seeds_own_noise_in_seed_order():
-    batches = SeedBatches(None, 0, [4, 5, 6], capture=[3, 0], num_steps=3, image_shape=(1, 2, 2),
-                          device=torch.device("cpu"), batch_size=2, progress=False)
+    calls = []
+
+    def zero_noise(x, t):
+        calls.append(t.tolist())
+        return torch.zeros_like(x)
+
+    schedule = NoiseSchedule(num_steps=3, beta_start=0.1, beta_end=0.2)
+    batches = SeedBatches(zero_noise, schedule, seeds=[4, 5, 6], capture=[3, 0], image_shape=(1, 2, 2),
+                          batch_size=2, progress=False)
     for batch in batches:
-        x = batch.noise()
+        x = batch.x_T()
         for seed, row in zip(batch.seeds, x, strict=True):
             assert torch.equal(row, torch.randn((1, 2, 2), generator=torch.Generator().manual_seed(seed)))
         assert batch.captures(3) and not batch.captures(2)
-        batch.record(3, x, -x)
+        assert torch.equal(batch.eps(x, 3), torch.zeros_like(x))  # eps_theta(x_3, 3), recorded at t = 3
+        batch.eps(x, 2)  # not captured
         batch.finish(2 * x)
+    assert calls == [[3, 3], [2, 2], [3], [2]]
     samples, trajectory = batches.result()
     assert samples.shape == (3, 1, 2, 2)
     assert trajectory.timesteps == [3, 0]
     torch.testing.assert_close(trajectory.xt[0], samples / 2)
+    torch.testing.assert_close(trajectory.x0_pred[0], samples / 2 / schedule.alpha_bars[2].sqrt())  # eps = 0
     torch.testing.assert_close(trajectory.x0_pred[1], samples)
+
+
+def zero_noise(x, t):
+    return torch.zeros_like(x)
+
+
+def test_a_given_x_T_replaces_only_the_first_draw_of_each_seed():
+    schedule, seeds = tiny_schedule(), [3, 8]
+    drawn, _ = sample(zero_noise, schedule, seeds=seeds, image_shape=(1, 6, 6), progress=False)
+    given, _ = sample(zero_noise, schedule, seeds=seeds, x_T=initial_noise(seeds, (1, 6, 6)), progress=False)
+    assert torch.equal(given, drawn)  # the seeds' own x_T, and the same fresh z after it
+    x_T = torch.linspace(-2, 2, 2 * 36).reshape(2, 1, 6, 6)
+    quiet, _ = sample(zero_noise, schedule, seeds=seeds, x_T=x_T, noise_scale=0.0, progress=False)
+    torch.testing.assert_close(quiet, x_T / schedule.alpha_bars[-1].sqrt(), rtol=1e-5, atol=1e-5)
+    noisy, _ = sample(zero_noise, schedule, seeds=seeds, x_T=x_T, progress=False)
+    # x_T given, z from the seeds: the difference from the quiet run is the seeds' fresh noise
+    torch.testing.assert_close(noisy - quiet, drawn - initial_noise(seeds, (1, 6, 6)) / schedule.alpha_bars[-1].sqrt(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_x_T_sets_the_number_of_samples_and_their_shape():
+    x_T = torch.zeros(3, 1, 5, 5)
+    images, _ = sample(zero_noise, tiny_schedule(), x_T=x_T, noise_scale=0.0, progress=False)
+    assert images.shape == (3, 1, 5, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"x_T": torch.zeros(2, 1, 5, 5), "num_samples": 3}, "x_T holds 2 starting images but num_samples is 3"),
+        ({"x_T": torch.zeros(2, 1, 5, 5), "seeds": [1]}, "x_T holds 2 starting images but seeds has 1"),
+        ({"x_T": torch.zeros(1, 5, 5)}, r"x_T must be a floating-point tensor of starting images, \(N, C, H, W\)"),
+        ({"x_T": torch.zeros(2, 1, 5, 5, dtype=torch.long)}, "x_T must be a floating-point tensor"),
+        ({"x_T": torch.zeros(2, 1, 5, 5), "image_shape": (1, 28, 28)}, "leave image_shape out with x_T"),
+    ],
+)
+def test_an_x_T_that_does_not_fit_the_request_is_refused(kwargs, message):
+    with pytest.raises(DDPMError, match=message):
+        sample(zero_noise, tiny_schedule(), progress=False, **kwargs)

@@ -156,3 +156,18 @@ def test_the_formulas_broadcast_over_batches_of_any_rank(schedule):
         assert torch.allclose(mean[row], alone[0], atol=1e-6)
     assert xt.shape == mean.shape == x0_back.shape == (3, 5)
     assert torch.allclose(x0_back, x0, atol=2e-3)
+
+
+def test_alpha_bar_of_one_timestep_is_the_float64_product_with_alpha_bar_0_one(schedule):
+    assert schedule.alpha_bar(0) == 1.0  # the empty product: x_0 holds no noise
+    betas = schedule.betas.double().tolist()  # the float32 betas the network was trained with
+    for t in (1, 2, 500, 1000):
+        assert schedule.alpha_bar(t) == pytest.approx(math.prod(1.0 - b for b in betas[:t]), rel=1e-12)
+    # 1 - alpha_bar_1 = beta_1 to float64's precision, which DDIM's last steps need
+    assert 1.0 - schedule.alpha_bar(1) == pytest.approx(betas[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("t", [-1, 1001])
+def test_alpha_bar_refuses_timesteps_outside_zero_to_T(schedule, t):
+    with pytest.raises(DDPMError, match=r"alpha_bar_t needs a timestep in 0\.\.1000"):
+        schedule.alpha_bar(t)

@@ -9,13 +9,13 @@ implementation most often gets wrong. The same edits serve two readers:
 - ``python -m tools.mutants`` (``make mutants``) applies every edit in a scratch copy and reports
   which unit test and which chapter check catches it.
 
-Both read the edits from ``BUGS``, so the page and the mutation tests cannot drift apart. Each
+Both read the edits from ``BUGS``, so the page and the mutation tests cannot drift apart
+(``python -m ddpm_core.book.bugs_cli`` lists them and trains the short runs of the training bugs). Each
 edit's ``old`` text must occur exactly once in today's file (``tests/test_mutants.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import importlib.util
 import json
@@ -70,6 +70,10 @@ class Bug:
     edits: tuple[Edit, ...]
     tests: tuple[str, ...]
     chapter: str | None
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise DDPMError(f"The bug {self.name!r} has the stage {self.stage!r}; a stage is one of {STAGES}.")
 
     @property
     def path(self) -> str:
@@ -166,10 +170,12 @@ def train_with(name: str, epochs: int = 2) -> Path:
     """Train the book's recipe for ``epochs`` on the 60,000 images with the training bug ``name`` (or
     ``"correct"``: without one) into ``runs/bugs/NAME``, resuming a run already there; then store its
     held-out loss by timestep in ``book/results/bug_losses.json``, measured by the same code it trained with."""
+    from ddpm_core.training.run_folder import RunFolder
+
     out = REPO / training_run(name)
     command = [sys.executable, "-m", "ddpm_core", "train", "--epochs", str(epochs), "--out", str(out),
-               "--seed", "0", "--no-progress"] + (["--resume"] if (out / "resume.pt").is_file() else [])
-    measure = [sys.executable, "-m", "ddpm_core.book.bugs", "losses", str(out / "model.safetensors")]
+               "--seed", "0", "--no-progress"] + (["--resume"] if RunFolder(out).resumable() else [])
+    measure = [sys.executable, "-m", "ddpm_core.book.bugs_cli", "losses", str(RunFolder(out).weights)]
     if name == CORRECT:
         subprocess.run(command, cwd=REPO, check=True)
         measured = subprocess.run(measure, cwd=REPO, check=True, capture_output=True, text=True)
@@ -210,6 +216,8 @@ def _one(name: str, what: str, stage: str, path: str, old: str, new: str, tests:
 
 
 SAMPLING = "ddpm_core/diffusion/sampling.py"
+CONDITIONING = "ddpm_core/diffusion/conditioning.py"
+SEEDS = "ddpm_core/diffusion/seeds.py"
 SCHEDULE = "ddpm_core/diffusion/schedule.py"
 UNET = "ddpm_core/diffusion/unet.py"
 
@@ -229,19 +237,20 @@ BUGS: tuple[Bug, ...] = (
              "z = batch.noise() if noise_scale > 0 else None"),
     ), ("tests/test_sampling.py",), "book/02_reverse_process.ipynb"),
     _one("no-fresh-noise", "the step returns the mean of p(x_{t-1} | x_t) and adds no fresh noise", "sampling",
-         SAMPLING, "return x_prev + noise_scale * sigma * noise", "return x_prev", ("tests/test_sampling.py",),
+         SAMPLING, "return x_prev + noise_scale * sigma * _fresh_noise(noise, t)", "return x_prev",
+         ("tests/test_sampling.py",),
          "book/05_generation.ipynb"),
     _one("display-0-1", "samples in [-1, 1] are shown as if they were in [0, 1]", "display",
          "ddpm_core/utils/images.py",
          "images = (images.clamp(-1, 1) + 1) / 2  # [-1, 1] -> [0, 1], as make_grid draws",
          "images = images.clamp(0, 1)  # [-1, 1] -> [0, 1], as make_grid draws",
          ("tests/test_viz.py",), "book/05_generation.ipynb"),
-    _one("guidance-sign", "classifier-free guidance with its sign flipped", "sampling", SAMPLING,
+    _one("guidance-sign", "classifier-free guidance with its sign flipped", "sampling", CONDITIONING,
          "return eps_uncond + guidance * (eps_cond - eps_uncond)",
          "return eps_uncond - guidance * (eps_cond - eps_uncond)",
          ("tests/test_conditional.py",), "book/09_guidance.ipynb"),
     _one("guidance-1-plus-w", "guidance scale w used where 1 + w was meant (the other paper's convention)",
-         "sampling", SAMPLING, "return eps_uncond + guidance * (eps_cond - eps_uncond)",
+         "sampling", CONDITIONING, "return eps_uncond + guidance * (eps_cond - eps_uncond)",
          "return eps_uncond + (1 + guidance) * (eps_cond - eps_uncond)",
          ("tests/test_conditional.py",), "book/09_guidance.ipynb"),
     _one("images-0-1", "the training images are scaled to [0, 1] instead of [-1, 1]", "training",
@@ -293,44 +302,10 @@ BUGS: tuple[Bug, ...] = (
          "    return float((mean(metric.real_features_sum, metric.real_features_num_samples)\n"
          "                  - mean(metric.fake_features_sum, metric.fake_features_num_samples)).square().sum())",
          ("tests/test_metrics.py",), "book/06_quality.ipynb"),
-    _one("trajectory-late", "the trajectory records x_{t-1} as x_t: one step late", "maths", SAMPLING,
-         "            if batch.captures(t):\n"
-         "                batch.record(t, x, schedule.predict_x0(x, t, eps_pred))\n"
-         "            x = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # 4\n",
-         "            x_next = ddpm_step(schedule, x, eps_pred, t, z, variance, noise_scale)  # 4\n"
-         "            if batch.captures(t):\n"
-         "                batch.record(t, x_next, schedule.predict_x0(x, t, eps_pred))\n"
-         "            x = x_next\n",
+    _one("trajectory-late", "the trajectory records x_{t-1} as x_t: one step late", "maths", SEEDS,
+         "        if self.captures(t):\n"
+         "            self.record(t, x_t, batches.schedule.predict_x0(x_t, t, eps_pred))\n",
+         "        if self.captures(t + 1):\n"
+         "            self.record(t + 1, x_t, batches.schedule.predict_x0(x_t, t, eps_pred))\n",
          ("tests/test_sampling.py",), "book/05_generation.ipynb"),
 )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ddpm_core.book.bugs``: list the bugs; ``train [NAMES]`` trains the short runs of the training
-    bugs (and the run without a bug) that the chapter samples."""
-    parser = argparse.ArgumentParser(prog="python -m ddpm_core.book.bugs", description=main.__doc__)
-    parser.add_argument("command", nargs="?", choices=("list", "train", "losses"), default="list")
-    parser.add_argument("names", nargs="*", help="training bugs to train, or 'correct' (default: all and 'correct')")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs of each run (default 2)")
-    args = parser.parse_args(argv)
-    if args.command == "losses":  # how train_with measures a run, in the copy with its bug
-        print(json.dumps(held_out_losses(args.names[0])))
-        return 0
-    if args.command == "list":
-        for entry in BUGS:
-            print(f"{entry.name:<24} {entry.stage:<9} {entry.what}")
-        return 0
-    training = [entry.name for entry in BUGS if entry.stage == "training"]
-    names = args.names or [CORRECT, *training]
-    unknown = set(names) - {CORRECT, *training}
-    if unknown:
-        print(f"error: {sorted(unknown)} are not training bugs; they are {', '.join(training)} and {CORRECT!r}.")
-        return 2
-    for name in names:
-        print(f"training {name} for {args.epochs} epochs into {training_run(name)}", flush=True)
-        train_with(name, args.epochs)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

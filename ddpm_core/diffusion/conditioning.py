@@ -9,13 +9,14 @@ and w = 0 reads only the unconditional one, so it needs no label.
 
 ``sampling_labels`` applies these rules to a request and returns the labels to sample with;
 the samplers, the command line, the evaluation and the export all ask it, with the words of
-their own interface (``PYTHON`` or ``COMMAND_LINE``) in its messages.
+their own interface (``PYTHON`` or ``COMMAND_LINE``) in its messages. ``guided_eps`` is the
+guided prediction that every sampler uses in place of eps_theta(x_t, t) (chapter 9).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +92,35 @@ def sampling_labels(
     return labels.clone()
 
 
+def guided_eps(
+    model: Callable[..., Tensor],
+    x: Tensor,
+    t: Tensor,
+    labels: Tensor | None = None,
+    guidance: float = 1.0,
+) -> Tensor:
+    """The noise prediction of classifier-free guidance (Ho and Salimans 2022, eq. (6)):
+
+        eps = eps_theta(x_t, t) + w (eps_theta(x_t, t, y) - eps_theta(x_t, t))
+
+    with w = ``guidance``: 0 is the network's unconditional prediction, 1 its plain
+    conditional one, and w > 1 pushes x_t further towards what makes it class y. For
+    0 < w != 1 the two predictions come from one call on a doubled batch. Without
+    ``labels`` this is eps_theta(x_t, t).
+    """
+    if labels is None:
+        return model(x, t)
+    if guidance == 1.0:
+        return model(x, t, labels)
+    null = torch.full_like(labels, model.null_label)  # the "no class" label
+    if guidance == 0.0:
+        return model(x, t, null)
+    # one call on the doubled batch: first half conditional, second half "no class"
+    doubled = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
+    eps_cond, eps_uncond = doubled.chunk(2)
+    return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+
 def training_labels(labels: Tensor | None, num_images: int, num_classes: int | None) -> Tensor | None:
     """The labels a network trains on: one class per image for a conditional one, None for an unconditional one."""
     if num_classes is None:
@@ -117,3 +147,39 @@ def require_unconditional(num_classes: int | None, path: object, why: str) -> No
             f"{path} is a class-conditional model ({num_classes} classes); {why}. Use an unconditional "
             f"checkpoint, such as book/checkpoints/ddpm_mnist.safetensors."
         )
+
+
+
+MNIST_CLASSES = 10  # the digits 0..9: the classes of a conditional network trained on MNIST's labels
+
+
+def class_cycle(num_classes: int, num_samples: int) -> Tensor:
+    """The labels that ask for each class in turn: sample i asks for class i mod ``num_classes``."""
+    return torch.arange(num_samples) % num_classes
+
+
+def class_rows(num_classes: int, num_samples: int) -> Tensor:
+    """The labels of a grid with one row per class: the first ``num_samples / num_classes`` samples ask
+    for class 0, the next as many for class 1, and so on."""
+    if num_samples % num_classes:
+        raise DDPMError(f"A grid of one row per class needs a multiple of {num_classes} samples, got {num_samples}.")
+    return torch.arange(num_classes).repeat_interleave(num_samples // num_classes)
+
+
+def every_class(num_classes: int | None, num_samples: int, source: str = "This model",
+                count: str = "num_samples") -> Tensor | None:
+    """The labels with which a measurement asks a conditional network for every class (``class_cycle``);
+    None for an unconditional network.
+
+    The per-class measures compare at least two samples of a class, so fewer than two per class are
+    refused; ``count`` names the number of samples in the caller's interface.
+    """
+    if num_classes is None:
+        return None
+    if num_samples < 2 * num_classes:
+        raise DDPMError(
+            f"{source} is a conditional model, measured on at least 2 samples of each of its {num_classes} "
+            f"classes (sample i asks for class i mod {num_classes}): pass {count} {2 * num_classes} or more, "
+            f"got {num_samples}."
+        )
+    return class_cycle(num_classes, num_samples)

@@ -29,12 +29,14 @@ rounded to the nearest integer (halves up), so tau_S = T and tau_1 = 1 always
 (S = 1 visits T only). Consecutive values differ by (T - 1) / (S - 1) >= 1 before rounding,
 so the S timesteps are distinct, and S = T visits every timestep.
 
+alpha_bar_t, alpha_bar_0 = 1 included, is ``NoiseSchedule.alpha_bar(t)``, in float64.
+
 Seeds work as in ``ddpm_core.diffusion.sampling.sample``, through the same ``SeedBatches``:
 every sample has its own ``torch.Generator``, whose first draw is x_T (the same
 x_T that ``sample`` starts from for that seed) and whose later draws are the
 fresh z, so a sample does not depend on its batch and the two samplers can be
-compared seed by seed. ``ddim_step`` sits beside ``sampling.ddpm_step``: one
-reverse step each, eps_theta in, the earlier x out.
+compared seed by seed; a given ``x_T`` takes the place of the first draw. ``ddim_step`` sits
+beside ``sampling.ddpm_step``: one reverse step each, eps_theta in, the earlier x out.
 """
 
 from __future__ import annotations
@@ -45,10 +47,9 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from ddpm_core.diffusion.conditioning import Labels, sampling_labels
-from ddpm_core.diffusion.sampling import guided_eps
+from ddpm_core.diffusion.conditioning import Labels
 from ddpm_core.diffusion.schedule import NoiseSchedule
-from ddpm_core.diffusion.seeds import NoisePredictor, SeedBatches, Trajectory, prepare_model
+from ddpm_core.diffusion.seeds import NoisePredictor, SeedBatches, Trajectory
 from ddpm_core.utils.errors import DDPMError
 
 
@@ -62,8 +63,8 @@ def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= num_steps:
         raise DDPMError(
             f"steps must be an integer from 1 to the schedule's T={num_steps} (the number of network "
-            f"evaluations; DDIM visits a subsequence of the T timesteps), got {steps!r}. Use e.g. steps=50, "
-            f"or steps={num_steps} to visit every timestep."
+            f"evaluations: the sampler visits a subsequence of the T timesteps), got {steps!r}. Use e.g. "
+            f"steps=50, or steps={num_steps} to visit every timestep."
         )
     steps = int(steps)
     if steps == 1:
@@ -76,7 +77,7 @@ def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
 
 
 def check_timesteps(timesteps: Sequence[int], schedule: NoiseSchedule) -> list[int]:
-    """A chosen subsequence tau_S > ... > tau_1 as a list, after refusing one DDIM cannot visit."""
+    """A chosen subsequence tau_S > ... > tau_1 as a list, after refusing one a sampler cannot visit."""
     taus = [int(t) for t in timesteps]
     decreasing = all(a > b for a, b in zip(taus, taus[1:], strict=False))
     whole = all(t == u for t, u in zip(taus, timesteps, strict=True))
@@ -88,14 +89,15 @@ def check_timesteps(timesteps: Sequence[int], schedule: NoiseSchedule) -> list[i
     return taus
 
 
-def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
-    # float64 (see NoiseSchedule.alpha_bars_f64); the empty product at t = 0 is alpha_bar_0 = 1: x_0 has no noise.
-    return 1.0 if t == 0 else schedule.alpha_bars_f64[t - 1].item()
+def visited_timesteps(schedule: NoiseSchedule, steps: int, timesteps: Sequence[int] | None) -> list[int]:
+    """The timesteps tau_S > ... > tau_1 that a sampler over a subsequence (DDIM, DPM-Solver++) visits: the given
+    ``timesteps``, or else ``ddim_timesteps(T, steps)``."""
+    return ddim_timesteps(schedule.num_steps, steps) if timesteps is None else check_timesteps(timesteps, schedule)
 
 
 def ddim_sigma(schedule: NoiseSchedule, t: int, t_prev: int, eta: float) -> float:
     """sigma for the step t -> t_prev, Song et al. 2021, eq. (16), scaled by eta."""
-    alpha_bar, alpha_bar_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
+    alpha_bar, alpha_bar_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
     # Song et al. 2021, eq. (16)
     return eta * ((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev)) ** 0.5
 
@@ -109,26 +111,14 @@ def ddim_step(
     eta: float = 0.0,
     noise: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """One DDIM update x_t -> x_{t_prev}, Song et al. 2021, eq. (12).
+    """One DDIM update x_t -> x_{t_prev}, 0 <= t_prev < t: Song et al. 2021, eq. (12).
 
-    Args:
-        schedule: the schedule the model was trained with.
-        xt: the batch x_t, (B, C, H, W).
-        eps_pred: eps_theta(x_t, t) for that batch.
-        t: the current timestep, 1..T.
-        t_prev: the timestep to step to, 0..t-1.
-        eta: scales sigma of eq. (16); 0 is deterministic, 1 is DDPM-like.
-        noise: z ~ N(0, I) shaped like ``xt``; needed whenever sigma > 0, ignored
-            otherwise.
-
-    Returns:
-        x_{t_prev} and the predicted x_0.
+    ``eta`` scales sigma (0: deterministic, 1: the ancestral sampler's noise) and
+    ``noise`` is z ~ N(0, I), needed when sigma > 0. Returns x_{t_prev} and x0_pred.
     """
-    if not 0 <= t_prev < t <= schedule.num_steps:
-        raise DDPMError(f"A DDIM step needs 0 <= t_prev < t <= {schedule.num_steps}, "
-                        f"got t={t}, t_prev={t_prev}.")
+    _check_step(schedule, t, t_prev)
     # 1. alpha_bar at the previous timestep, alpha_bar_0 = 1
-    alpha_bar_prev = _alpha_bar(schedule, t_prev)
+    alpha_bar_prev = schedule.alpha_bar(t_prev)
     # 2. sigma of the step: Song et al. 2021, eq. (16), scaled by eta
     sigma = ddim_sigma(schedule, t, t_prev, eta)
     # 3. the "predicted x_0" of eq. (12): eq. (4) of Ho et al. 2020 solved for x_0
@@ -138,16 +128,10 @@ def ddim_step(
     direction = max(1.0 - alpha_bar_prev - sigma**2, 0.0) ** 0.5 * eps_pred
     # 5. x_{t_prev} without its noise: eq. (12)
     x_prev = alpha_bar_prev**0.5 * x0_pred + direction
-    if sigma > 0:
-        if noise is None:
-            raise DDPMError(
-                f"The DDIM step t={t} -> {t_prev} with eta={eta} has sigma={sigma:.3g} "
-                f"> 0 and needs noise z; pass noise=torch.randn_like(xt), or eta=0 for "
-                f"the deterministic sampler."
-            )
-        # 6. the "random noise" sigma z of eq. (12)
-        x_prev = x_prev + sigma * noise
-    return x_prev, x0_pred
+    if sigma == 0:
+        return x_prev, x0_pred
+    # 6. the "random noise" sigma z of eq. (12)
+    return x_prev + sigma * _fresh_noise(noise, t, t_prev, eta, sigma), x0_pred
 
 
 @torch.no_grad()
@@ -166,6 +150,7 @@ def ddim_sample(
     labels: Labels = None,
     guidance: float = 1.0,
     timesteps: Sequence[int] | None = None,
+    x_T: Tensor | None = None,
 ) -> tuple[Tensor, Trajectory | None]:
     """Generate images with DDIM in ``steps`` network evaluations.
 
@@ -185,58 +170,43 @@ def ddim_sample(
         batch_size: samples denoised together; the result does not depend on it.
         image_shape: (C, H, W) of one image; default (C, 28, 28), C from a UNet's config, else 1.
         labels: for a conditional model, the class of every sample (one int) or of each (N ints).
-        guidance: w of classifier-free guidance (see ``sampling.guided_eps``); 1 is plain conditional.
+        guidance: w of classifier-free guidance (see ``conditioning.guided_eps``); 1 is plain conditional.
         timesteps: the visited timesteps tau_S > ... > tau_1 themselves, any strictly decreasing
             sequence in 1..T, instead of the evenly spaced ``ddim_timesteps(T, steps)``; ``steps``
             is then their number.
+        x_T: the starting noise, (N, C, H, W), in place of each seed's first draw; the fresh z of
+            eta > 0 still come from the seeds (see ``ddpm_core.diffusion.seeds``).
 
     Returns:
         The samples x_0, (N, C, H, W), not clipped, and the trajectory (None if nothing captured).
     """
     _check_eta(eta)
-    taus, batches = subsequence_batches(model, schedule, steps, timesteps, num_samples, seed, seeds, capture,
-                                        progress, batch_size, image_shape, labels, guidance, "DDIM sampling")
+    taus = visited_timesteps(schedule, steps, timesteps)
+    batches = SeedBatches(model, schedule, num_samples, seed, seeds, x_T, capture, progress, batch_size,
+                          image_shape, labels, guidance, sampler="DDIM", visits=taus)
     for batch in batches:
-        x = batch.noise()  # x_T ~ N(0, I), the first draw as in sample()
+        x = batch.x_T()  # the first draw of each seed's generator, as in sample()
         for t, t_prev in zip(taus, taus[1:] + [0], strict=True):
-            eps_pred = guided_eps(model, x, batch.timestep(t), batch.labels, guidance)
+            eps_pred = batch.eps(x, t)
             # Fresh z only when sigma > 0, so eta = 0 draws nothing after x_T.
             noise = batch.noise() if ddim_sigma(schedule, t, t_prev, eta) > 0 else None
-            x_prev, x0_pred = ddim_step(schedule, x, eps_pred, t, t_prev, eta, noise)
-            if batch.captures(t):
-                batch.record(t, x, x0_pred)
-            x = x_prev
-            batch.advance()
+            x, _ = ddim_step(schedule, x, eps_pred, t, t_prev, eta, noise)
         batch.finish(x)
     return batches.result()
 
 
-def subsequence_batches(
-    model: NoisePredictor,
-    schedule: NoiseSchedule,
-    steps: int,
-    timesteps: Sequence[int] | None,
-    num_samples: int | None,
-    seed: int,
-    seeds: Sequence[int] | None,
-    capture: Iterable[int] | None,
-    progress: bool,
-    batch_size: int,
-    image_shape: tuple[int, ...] | None,
-    labels: Labels,
-    guidance: float,
-    desc: str,
-) -> tuple[list[int], SeedBatches]:
-    """What a sampler over a subsequence of timesteps (DDIM, DPM-Solver++) sets up before its loop: the visited
-    timesteps tau_S > ... > tau_1, and the seeds' batches with their labels, after refusing a capture at a
-    timestep the run never visits."""
-    taus = ddim_timesteps(schedule.num_steps, steps) if timesteps is None else check_timesteps(timesteps, schedule)
-    device, image_shape = prepare_model(model, image_shape)
-    batches = SeedBatches(num_samples, seed, seeds, capture, schedule.num_steps, image_shape, device,
-                          batch_size=batch_size, progress=progress, desc=desc, steps_per_batch=len(taus))
-    check_capture(batches.captured, taus, len(taus), schedule.num_steps)
-    batches.set_labels(sampling_labels(getattr(model, "null_label", None), labels, guidance, len(batches.seeds)))
-    return taus, batches
+def _check_step(schedule: NoiseSchedule, t: int, t_prev: int) -> None:
+    if not 0 <= t_prev < t <= schedule.num_steps:
+        raise DDPMError(f"A DDIM step needs 0 <= t_prev < t <= {schedule.num_steps}, got t={t}, t_prev={t_prev}.")
+
+
+def _fresh_noise(noise: Tensor | None, t: int, t_prev: int, eta: float, sigma: float) -> Tensor:
+    if noise is None:
+        raise DDPMError(
+            f"The DDIM step t={t} -> {t_prev} with eta={eta} has sigma={sigma:.3g} > 0 and needs noise z; pass "
+            f"noise=torch.randn_like(xt), or eta=0 for the deterministic sampler."
+        )
+    return noise
 
 
 def _check_eta(eta: float) -> None:
@@ -244,14 +214,4 @@ def _check_eta(eta: float) -> None:
         raise DDPMError(
             f"eta must be a number from 0 to 1 (0: deterministic DDIM, 1: as much noise as the ancestral "
             f"sampler), got {eta!r}."
-        )
-
-
-def check_capture(captured: list[int], taus: list[int], steps: int, num_steps: int) -> None:
-    missed = [t for t in captured if t != 0 and t not in taus]
-    if missed:
-        raise DDPMError(
-            f"DDIM with steps={steps} never visits timesteps {missed[:5]}, so they cannot be captured. "
-            f"Capture only visited timesteps (ddim_timesteps({num_steps}, {steps}) = "
-            f"{taus[:5]}...{taus[-3:]}) or 0, or use the ancestral sampler to capture any timestep."
         )

@@ -33,15 +33,14 @@ import torch
 from torch import Tensor
 
 from ddpm_core.diffusion.conditioning import Labels
-from ddpm_core.diffusion.ddim import subsequence_batches
-from ddpm_core.diffusion.sampling import guided_eps
+from ddpm_core.diffusion.ddim import visited_timesteps
 from ddpm_core.diffusion.schedule import NoiseSchedule
-from ddpm_core.diffusion.seeds import NoisePredictor, Trajectory
+from ddpm_core.diffusion.seeds import NoisePredictor, SeedBatches, Trajectory
 
 
 def _alpha_sigma(schedule: NoiseSchedule, t: int) -> tuple[float, float]:
     # float64, as DDIM does: near t = 1, 1 - alpha_bar_t loses digits in float32
-    alpha_bar = 1.0 if t == 0 else schedule.alpha_bars_f64[t - 1].item()
+    alpha_bar = schedule.alpha_bar(t)
     return math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
 
 
@@ -86,24 +85,23 @@ def dpm_solver_sample(
     labels: Labels = None,
     guidance: float = 1.0,
     timesteps: Sequence[int] | None = None,
+    x_T: Tensor | None = None,
 ) -> tuple[Tensor, Trajectory | None]:
     """Generate images with DPM-Solver++(2M) in ``steps`` network evaluations.
 
     The arguments are those of ``ddim_sample`` without eta (the solver is deterministic given x_T):
     ``steps`` timesteps from ``ddim_timesteps(T, steps)``, or the given ``timesteps``; ``capture``
-    records x_t and the predicted x_0 at visited timesteps. Returns the samples and the trajectory.
+    records x_t and the predicted x_0 at visited timesteps; ``x_T`` replaces the seeds' starting
+    noise. Returns the samples and the trajectory.
     """
-    taus, batches = subsequence_batches(model, schedule, steps, timesteps, num_samples, seed, seeds, capture,
-                                        progress, batch_size, image_shape, labels, guidance, "DPM-Solver++ sampling")
+    taus = visited_timesteps(schedule, steps, timesteps)
+    batches = SeedBatches(model, schedule, num_samples, seed, seeds, x_T, capture, progress, batch_size,
+                          image_shape, labels, guidance, sampler="DPM-Solver++", visits=taus)
     for batch in batches:
-        x, previous = batch.noise(), None  # x_T, the first draw of each seed's generator
+        x, previous = batch.x_T(), None  # x_T, the first draw of each seed's generator
         for t, s in zip(taus, taus[1:] + [0], strict=True):
-            eps_pred = guided_eps(model, x, batch.timestep(t), batch.labels, guidance)
-            x0_pred = schedule.predict_x0(x, t, eps_pred)
-            if batch.captures(t):
-                batch.record(t, x, x0_pred)
+            x0_pred = schedule.predict_x0(x, t, batch.eps(x, t))
             x, h = dpm_solver_step(schedule, x, x0_pred, t, s, previous)
             previous = (x0_pred, h)
-            batch.advance()
         batch.finish(x)
     return batches.result()

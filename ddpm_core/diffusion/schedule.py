@@ -13,10 +13,14 @@ A timestep ``t`` is always the integer of the paper, never an index. The
 per-step tensors (``betas``, ``alphas``, ``alpha_bars``, ``posterior_variance``)
 have length T and hold the value for timestep ``t`` at index ``t - 1``.
 ``NoiseSchedule.at`` does that lookup for a batch of timesteps; the samplers, which step one
-integer t at a time, read index ``t - 1`` themselves.
+integer t at a time, read index ``t - 1`` themselves. ``NoiseSchedule.alpha_bar(t)`` is the one
+lookup that also takes t = 0, where alpha_bar_0 = 1: the samplers that jump from any timestep to
+any earlier one (DDIM, DPM-Solver++) land on t = 0 with it.
 """
 
 from __future__ import annotations
+
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -33,19 +37,9 @@ class NoiseSchedule:
         beta_end: beta_T, the variance added by the last step.
     """
 
-    def __init__(
-        self,
-        num_steps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-    ) -> None:
-        if num_steps < 1:
-            raise DDPMError(f"num_steps must be a positive integer, got {num_steps}.")
-        if not 0.0 < beta_start <= beta_end < 1.0:
-            raise DDPMError(
-                f"Betas must satisfy 0 < beta_start <= beta_end < 1, "
-                f"got beta_start={beta_start}, beta_end={beta_end}."
-            )
+    def __init__(self, num_steps: int = 1000, beta_start: float = 1e-4,
+                 beta_end: float = 0.02) -> None:
+        _check_linear_betas(num_steps, beta_start, beta_end)
         self.num_steps = num_steps
         self.beta_start = beta_start
         self.beta_end = beta_end
@@ -65,18 +59,12 @@ class NoiseSchedule:
         posterior_mean_coef_xt = (
             alphas.sqrt() * (1.0 - alpha_bars_prev) / (1.0 - alpha_bars)
         )
-
-        self.betas = betas.float()
-        self.alphas = alphas.float()
+        self.betas, self.alphas = betas.float(), alphas.float()
         self.alpha_bars = alpha_bars.float()
         self.alpha_bars_prev = alpha_bars_prev.float()
         self.posterior_variance = posterior_variance.float()
         self.posterior_mean_coef_x0 = posterior_mean_coef_x0.float()
         self.posterior_mean_coef_xt = posterior_mean_coef_xt.float()
-        # alpha_bar_t again, in float64 from the float32 betas the network was trained
-        # with: DDIM needs 1 - alpha_bar_t near t = 1, of which the float32 alpha_bars
-        # keep only about 3 digits.
-        self.alpha_bars_f64 = torch.cumprod(1.0 - self.betas.double(), dim=0)
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(num_steps={self.num_steps}, beta_start={self.beta_start}, beta_end={self.beta_end})"
@@ -115,6 +103,32 @@ class NoiseSchedule:
         alpha_bar = self.at(self.alpha_bars, t, xt.ndim).to(xt)
         return (xt - (1.0 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
 
+    @cached_property
+    def alpha_bars_f64(self) -> Tensor:
+        """alpha_bar_t for t = 1..T in float64, from the float32 betas the network was trained with.
+
+        DDIM and DPM-Solver++ need 1 - alpha_bar_t near t = 1, of which the float32 ``alpha_bars``
+        keep only about 3 digits.
+        """
+        return torch.cumprod(1.0 - self.betas.double(), dim=0)
+
+    def alpha_bar(self, t: int) -> float:
+        """alpha_bar_t of one timestep t = 0..T, in float64 (``alpha_bars_f64``), with alpha_bar_0 = 1:
+        the empty product, x_0 has no noise. The samplers that jump between any two timesteps read it here."""
+        if not 0 <= t <= self.num_steps:
+            raise DDPMError(f"alpha_bar_t needs a timestep in 0..{self.num_steps}, got {t}.")
+        return 1.0 if t == 0 else self.alpha_bars_f64[t - 1].item()
+
     def signal_to_noise(self) -> Tensor:
         """SNR(t) = alpha_bar_t / (1 - alpha_bar_t), the ratio of signal to noise variance in x_t."""
         return self.alpha_bars / (1.0 - self.alpha_bars)
+
+
+def _check_linear_betas(num_steps: int, beta_start: float, beta_end: float) -> None:
+    if num_steps < 1:
+        raise DDPMError(f"num_steps must be a positive integer, got {num_steps}.")
+    if not 0.0 < beta_start <= beta_end < 1.0:
+        raise DDPMError(
+            f"Betas must satisfy 0 < beta_start <= beta_end < 1, "
+            f"got beta_start={beta_start}, beta_end={beta_end}."
+        )

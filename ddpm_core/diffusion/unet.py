@@ -14,34 +14,23 @@ the up block sees the down block's output through a skip connection
 (concatenated channels). Every residual block receives the timestep through a
 sinusoidal embedding (Vaswani et al. 2017) passed through a small MLP, so one
 set of weights serves all 1000 noise levels. Normalisation is GroupNorm
-(Wu and He 2018), as in the paper.
+(Wu and He 2018), as in the paper. The default configuration is the book's
+network, with exactly 324,705 trainable parameters.
 
-Three options of ``UNetConfig`` change how the parameters are spent, for the
-comparisons of the chapter "What makes the digits sharp": single-head
-self-attention after the blocks of chosen resolutions (as Ho et al. do at
-16x16), a learned strided convolution instead of max pooling, and zero
-initialisation of each residual branch's last convolution. The default uses
-none of them and has exactly 324,705 trainable parameters.
-
-``prediction`` chooses what the last convolution predicts: the noise eps (Ho et al.), the
-velocity v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans and Ho 2022), or x_0
-itself. Whatever it predicts, ``forward`` converts it to eps with the schedule's alpha_bar_t, so
-the loss and the samplers see eps_theta in every case; only what the network has to represent
-changes. With min-SNR weights the three losses are then one and the same (Hang et al. 2023).
-
-``num_classes`` makes the network conditional, eps_theta(x_t, t, y), for
-classifier-free guidance (Ho and Salimans 2022): a learned embedding of the
-class label y is added to the timestep embedding, so every residual block reads
-"which digit" where it reads "which noise level". The table has one row more
-than there are classes: the last row is "no class", the label a training image
-gets when its label is dropped, so one network learns eps_theta(x_t, t, y) and
-the unconditional eps_theta(x_t, t) together.
+This file is that network, the one chapter 3 builds. Three options of ``UNetConfig`` change how
+its parameters are spent, for the comparisons of the chapter "What makes the digits sharp": a
+learned strided convolution instead of max pooling, zero initialisation of each residual
+branch's last convolution, and dropout inside the residual blocks. The features of later chapters
+are added around it, in ``unet_variants``: the class label of a conditional network
+(``ConditionalUNet``), self-attention after the blocks of chosen resolutions, and a last
+convolution that predicts v or x_0 instead of eps. ``unet_variants.build_unet(config)`` builds the
+network that any configuration describes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -54,49 +43,21 @@ MAX_WIDTH = 1024
 MAX_EMBED_DIM = 4096
 MAX_PARAMETERS = 50_000_000
 MAX_CLASSES = 1000
-# What a stored configuration without these fields meant: the network before they were added.
-LEGACY_DEFAULTS = {"attention": (), "downsample": "maxpool", "zero_init": False, "num_classes": None,
-                   "dropout": 0.0, "prediction": "eps"}
-# Weights whose name changed, as (old, new) parts of the name: files written before keep loading.
-LEGACY_NAMES = ((".pool.", ".halve."),)
-
-
-def current_name(name: str) -> str:
-    """The name a weight of an older file has in today's network."""
-    for old, new in LEGACY_NAMES:
-        name = name.replace(old, new)
-    return name
-
-
-def _rename_legacy_weights(state_dict: dict, prefix: str, *args: object) -> None:
-    for name in [k for k in state_dict if k.startswith(prefix) and current_name(k) != k]:
-        state_dict[current_name(name)] = state_dict.pop(name)
 
 
 @dataclass(frozen=True)
 class UNetConfig:
     image_channels: int = 1  # MNIST is greyscale
-    # The fields with a help text are the command line's architecture flags (python -m ddpm_core train --help).
-    channels: tuple[int, ...] = field(default=(32, 32, 48), metadata={
-        "help": "widths at 28x28, 14x14 and 7x7 pixels, e.g. 32,32,48", "parse": "width_list"})
+    channels: tuple[int, ...] = (32, 32, 48)  # the widths at 28x28, 14x14 and 7x7: 324,705 weights in all
     time_freq_dim: int = 16  # number of sinusoidal features of t (8 frequencies, sin and cos)
-    time_embed_dim: int = field(default=64, metadata={
-        "help": "width of the MLP that turns the sinusoidal features of t into the embedding", "parse": "positive_int"})
-    num_groups: int = field(default=8, metadata={
-        "help": "GroupNorm's groups; must divide every width", "parse": "positive_int"})
-    attention: tuple[int, ...] = field(default=(), metadata={
-        "help": "resolutions whose blocks are followed by self-attention, e.g. 7 or 7,14, or none",
-        "parse": "resolution_list"})
-    downsample: str = field(default="maxpool", metadata={
-        "help": "maxpool (no weights) or conv (3x3, stride 2)", "choices": DOWNSAMPLES})
-    zero_init: bool = field(default=False, metadata={
-        "help": "start each residual branch and the output convolution at zero"})
-    dropout: float = field(default=0.0, metadata={
-        "help": "dropout rate before each residual block's second convolution (Ho et al. use 0.1)",
-        "parse": "dropout_rate"})
-    prediction: str = field(default="eps", metadata={
-        "help": "what the last convolution predicts: eps, v or x0 (the network still returns eps)",
-        "choices": PREDICTIONS})
+    time_embed_dim: int = 64  # the MLP's width: what every residual block reads of t
+    num_groups: int = 8  # GroupNorm's groups; divides every width
+    # Self-attention after the blocks of these resolutions (Ho et al. use 16x16); none in the book's network.
+    attention: tuple[int, ...] = ()
+    downsample: str = "maxpool"  # 2x2 max pooling, no weights; "conv": a learned 3x3 convolution, stride 2
+    zero_init: bool = False  # start each residual branch, and the output, at zero (Goyal et al. 2017)
+    dropout: float = 0.0  # before each residual block's second convolution; Ho et al. use 0.1 on CIFAR-10
+    prediction: str = "eps"  # what the last convolution predicts: eps, v or x0; the network always returns eps
     num_classes: int | None = None  # None: unconditional; 10: eps_theta(x_t, t, y) for the digits 0..9
 
     def to_dict(self) -> dict:
@@ -104,11 +65,10 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> UNetConfig:
-        # Checkpoints written before a field existed were made without that feature.
-        data = {**LEGACY_DEFAULTS, **data}
-        data["channels"] = tuple(data["channels"])
-        data["attention"] = tuple(data["attention"])
-        return cls(**data)
+        """The configuration of a dictionary from ``to_dict`` (lists for tuples, as JSON stores them); a field
+        it lacks takes its default."""
+        tuples = {name: tuple(data[name]) for name in ("channels", "attention") if name in data}
+        return cls(**{**data, **tuples})
 
     def validate(self, check_size: bool = False) -> None:
         """Refuse (``ValueError``, with the reason) a configuration that cannot build a network or is implausibly
@@ -144,8 +104,11 @@ class UNetConfig:
             if width % self.num_groups:
                 raise ValueError(f"num_groups={self.num_groups} must divide every width, not {width}.")
         if check_size:
+            # The network of any configuration is unet_variants' to build; that module builds on this one.
+            from ddpm_core.diffusion.unet_variants import build_unet
+
             with torch.device("meta"):  # shapes only: no memory is allocated
-                parameters = sum(p.numel() for p in UNet(replace(self, prediction="eps")).parameters())
+                parameters = sum(p.numel() for p in build_unet(replace(self, prediction="eps")).parameters())
             if parameters > MAX_PARAMETERS:
                 raise ValueError(f"that network has {parameters:,} parameters, more than the {MAX_PARAMETERS:,} "
                                  f"allowed")
@@ -181,14 +144,8 @@ class ResidualBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, add the timestep, GroupNorm -> SiLU -> (dropout,
     if set) -> conv, plus a skip connection from the input."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        time_embed_dim: int,
-        num_groups: int,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, time_embed_dim: int,
+                 num_groups: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(num_groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
@@ -210,26 +167,6 @@ class ResidualBlock(nn.Module):
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         h += self.skip(x)
         return h
-
-
-class SelfAttention(nn.Module):
-    """Single-head self-attention over the H*W positions, with a residual sum (Ho et al. 2020, appendix B).
-
-    GroupNorm, then 1x1 projections to queries, keys and values; every position
-    attends to every other, so a stroke at one corner can shape the opposite one.
-    """
-
-    def __init__(self, channels: int, num_groups: int) -> None:
-        super().__init__()
-        self.norm = nn.GroupNorm(num_groups, channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, height, width = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, height * width).transpose(2, 3).unbind(1)  # (B, HW, C)
-        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v
-        return x + self.proj(h.transpose(1, 2).reshape(b, c, height, width))
 
 
 class Downsample(nn.Module):
@@ -268,20 +205,18 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t): predicts the noise in x_t. Input and output are (B, C, 28, 28)."""
+    """eps_theta(x_t, t): predicts the noise in x_t. Input and output are (B, C, 28, 28).
 
-    def __init__(self, config: UNetConfig | None = None, alpha_bars: Tensor | None = None) -> None:
+    The network of chapter 3. A configuration with a feature of a later chapter (``num_classes``,
+    ``attention``, or a ``prediction`` other than eps) is built by ``unet_variants.build_unet``.
+    """
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
         super().__init__()
         config = config or UNetConfig()
         config.validate()
+        _refuse_later_features(config, type(self).__name__)
         self.config = config
-        if config.prediction != "eps":
-            if alpha_bars is None:
-                raise ValueError(f"a UNet that predicts {config.prediction} needs the schedule's alpha_bars "
-                                 f"(NoiseSchedule.alpha_bars) to return eps.")
-            # Not saved with the weights: the checkpoint's schedule rebuilds them.
-            self.register_buffer("alpha_bars", alpha_bars.detach().float().clone(), persistent=False)
-        self._register_load_state_dict_pre_hook(_rename_legacy_weights)  # files written before a rename
         widths = config.channels
         base = widths[0]
 
@@ -296,18 +231,11 @@ class UNet(nn.Module):
         def block(c_in: int, c_out: int) -> ResidualBlock:
             return ResidualBlock(c_in, c_out, config.time_embed_dim, config.num_groups, config.dropout)
 
-        def attention(level: int, width: int) -> nn.Module:
-            # Self-attention after the blocks of the resolutions listed in the config, nothing elsewhere.
-            wanted = 28 // 2**level in config.attention
-            return SelfAttention(width, config.num_groups) if wanted else nn.Identity()
-
         self.down_blocks = nn.ModuleList()
-        self.down_attention = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         previous = base
         for level, width in enumerate(widths):
             self.down_blocks.append(block(previous, width))
-            self.down_attention.append(attention(level, width))
             if level < len(widths) - 1:
                 self.downsamples.append(Downsample(width, config.downsample))
             previous = width
@@ -315,12 +243,10 @@ class UNet(nn.Module):
         self.middle = block(widths[-1], widths[-1])
 
         self.up_blocks = nn.ModuleList()
-        self.up_attention = nn.ModuleList()
         self.upsamples = nn.ModuleList()
         for level in reversed(range(len(widths))):
             width = widths[level]
             self.up_blocks.append(block(previous + width, width))  # + width: the skip connection
-            self.up_attention.append(attention(level, width))
             if level > 0:
                 self.upsamples.append(Upsample(width))
             previous = width
@@ -335,38 +261,13 @@ class UNet(nn.Module):
                 nn.init.zeros_(module.conv2.bias)
             nn.init.zeros_(self.conv_out.weight)
             nn.init.zeros_(self.conv_out.bias)
-        # Created last, so a conditional network starts from the same weights as the unconditional one.
-        self.class_embed = None
-        if config.num_classes is not None:
-            # One row per class and a last one for "no class": (num_classes + 1) x time_embed_dim weights.
-            self.class_embed = nn.Embedding(config.num_classes + 1, config.time_embed_dim)
 
-    @property
-    def null_label(self) -> int | None:
-        """The label that means "no class" (the embedding's last row), or None for an unconditional network."""
-        return self.config.num_classes
-
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-        if self.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
-            # match the weights' layout (faster on CPU)
-            x = x.contiguous(memory_format=torch.channels_last)
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
         time_emb = self.time_embed(t)  # (B,) -> (B, time_embed_dim)
-        if self.class_embed is not None:
-            if labels is None:
-                # the unconditional prediction: every image gets "no class"
-                labels = torch.full_like(t, self.null_label, dtype=torch.long)
-            # (B,) -> (B, time_embed_dim), added to t's embedding
-            time_emb = time_emb + self.class_embed(labels)
-        elif labels is not None:
-            raise ValueError(
-                "This UNet is unconditional (num_classes=None) and cannot take class "
-                "labels; build it with UNetConfig(num_classes=10) and train it with "
-                "labels to ask for a digit."
-            )
         h = self.conv_in(x)  # (B, 1, 28, 28) -> (B, C0, 28, 28)
         skips = []
         for level, down_block in enumerate(self.down_blocks):
-            h = self.down_attention[level](down_block(h, time_emb))
+            h = down_block(h, time_emb)
             skips.append(h)
             if level < len(self.downsamples):
                 h = self.downsamples[level](h)  # (B, C, H, W) -> (B, C, H/2, W/2)
@@ -374,20 +275,22 @@ class UNet(nn.Module):
         for level, up_block in enumerate(self.up_blocks):
             # (B, C + C_skip, H, W) -> (B, C, H, W)
             h = up_block(torch.cat([h, skips.pop()], dim=1), time_emb)
-            h = self.up_attention[level](h)
             if level < len(self.upsamples):
                 h = self.upsamples[level](h)  # (B, C, H, W) -> (B, C, 2H, 2W)
         # (B, C0, 28, 28) -> (B, 1, 28, 28)
-        out = self.conv_out(F.silu(self.norm_out(h)))
-        return out if self.config.prediction == "eps" else self._eps_from(out, x, t)
+        return self.conv_out(F.silu(self.norm_out(h)))
 
-    def _eps_from(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        """eps from a prediction of v or x_0, since x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
-        alpha_bar = self.alpha_bars.to(x.device)[t.long() - 1].view(-1, 1, 1, 1)  # t may come as floats
-        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-        if self.config.prediction == "v":  # v = a eps - s x_0, so eps = a v + s x_t
-            return a * out + s * x
-        return (x - a * out) / s  # x_0 predicted: eps = (x_t - a x_0) / s
+
+def _refuse_later_features(config: UNetConfig, built_by: str) -> None:
+    later = {"num_classes": config.num_classes is not None, "attention": bool(config.attention),
+             "prediction": config.prediction != "eps"}
+    asked = [name for name, on in later.items() if on]
+    if asked:
+        raise ValueError(
+            f"{built_by}(config) builds the network of chapter 3, which has no {' or '.join(asked)}: build this "
+            f"configuration with ddpm_core.diffusion.unet_variants.build_unet(config), which adds "
+            f"{'them' if len(asked) > 1 else 'it'}."
+        )
 
 
 def count_parameters(model: nn.Module) -> int:
