@@ -6,6 +6,8 @@ from safetensors.torch import save_file
 
 from ddpm_core import DDPMError, TrainConfig, UNet, UNetConfig, load_checkpoint, train
 from ddpm_core.training.checkpoint import save_weights
+from ddpm_core.training.resume import RESUME_KEYS, load_resume_state
+from ddpm_core.training.run_folder import RunFolder
 from tests.helpers import TINY_CONFIG
 
 
@@ -74,39 +76,20 @@ def test_asking_for_ema_weights_that_were_not_kept_is_refused(checkpoint):
 
 def test_resume_state_loads_with_weights_only(checkpoint):
     state = torch.load(checkpoint.parent / "resume.pt", weights_only=True)
-    assert set(state) >= {"model", "optimizer", "generator", "epoch", "loss_history"}
+    assert set(state) == set(RESUME_KEYS)
+    assert state["epoch"] == 1 and state["noise_shards"] == len(state["generators"]) == 1
 
 
-def test_generate_record_keeps_samples_wall_time_threads_and_the_trajectory(checkpoint):
-    from ddpm_core.measure.evaluation import generate_record
-
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        record = generate_record(load_checkpoint(checkpoint), 3, capture=[0, 25, 50])
-        plain = generate_record(load_checkpoint(checkpoint), 3)
-    finally:
-        torch.set_num_threads(threads)
-    assert record["samples"].shape == (3, 1, 28, 28)
-    assert record["seconds"].item() > 0
-    assert record["threads"].item() == 1  # the wall time is only read with the thread count
-    assert record["timesteps"].tolist() == [50, 25, 0]
-    assert record["x0_pred"].shape == (3, 3, 1, 28, 28)
-    assert set(plain) == {"samples", "seconds", "threads"}
-    assert torch.equal(plain["samples"], record["samples"])  # capturing changes nothing (at one thread count)
+def test_a_resume_state_whose_noise_shards_disagree_with_its_generators_is_refused(checkpoint, tmp_path):
+    state = load_resume_state(checkpoint.parent / "resume.pt")
+    torch.save({**state, "noise_shards": 2}, tmp_path / "resume.pt")
+    with pytest.raises(DDPMError, match="cannot be used: the entries noise_shards have the wrong type or size"):
+        load_resume_state(tmp_path / "resume.pt")
 
 
-def test_a_file_written_before_a_weight_was_renamed_still_loads(tmp_path):
-    import json
+def test_the_run_folder_of_a_weights_file_is_its_folder_or_the_run_above_epochs(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    assert RunFolder.holding(run.weights) == run
+    assert RunFolder.holding(run.epoch_file(7)) == run
+    assert run.epoch_file(7).name == "epoch_007.safetensors"
 
-    from safetensors.torch import save_file
-
-    config = UNetConfig(channels=(8, 8, 16), time_freq_dim=8, time_embed_dim=16, downsample="conv")
-    torch.manual_seed(0)
-    model = UNet(config)
-    old_names = {k.replace(".halve.", ".pool."): v.contiguous() for k, v in model.state_dict().items()}
-    assert any(".pool." in name for name in old_names)  # the strided convolutions were called pool
-    metadata = {"format": "ddpm_core/1", "model_config": config.to_dict(), "has_ema": False}
-    save_file(old_names, str(tmp_path / "old.safetensors"), metadata={"ddpm_core": json.dumps(metadata)})
-    loaded = load_checkpoint(tmp_path / "old.safetensors").model.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())

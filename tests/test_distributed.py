@@ -17,9 +17,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ddpm_core.training.checkpoint import load_checkpoint, load_resume_state
+from ddpm_core.training.checkpoint import load_checkpoint
 from ddpm_core.training.loop import train
 from ddpm_core.training.recipe import TrainConfig
+from ddpm_core.training.resume import load_resume_state
 from ddpm_core.utils.errors import DDPMError
 from tests.helpers import REPO, TINY_CONFIG, needs_mnist
 

@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from ablations.candidates import CANDIDATES, REFERENCE, ROUND_TWO, recipe_of, train_command, train_flags
-from ddpm_core.app.cli import build_parser, train_configs
+from ddpm_core.app.cli import build_parser
+from ddpm_core.app.train_command import train_configs
 from ddpm_core.diffusion.objective import min_snr_weights
 from ddpm_core.diffusion.schedule import NoiseSchedule
 from ddpm_core.diffusion.unet import UNet, UNetConfig, count_parameters
+from ddpm_core.diffusion.unet_variants import build_unet
 from ddpm_core.training.recipe import TrainConfig, learning_rate
 from ddpm_core.utils.errors import DDPMError
 
@@ -68,7 +70,7 @@ def test_every_candidate_has_the_reference_parameter_count(name):
     config = UNetConfig(channels=tuple(recipe["channels"]), time_embed_dim=recipe["time_embed_dim"],
                         attention=tuple(recipe["attention"]), downsample=recipe["downsample"],
                         zero_init=recipe["zero_init"])
-    assert count_parameters(UNet(config)) == 324_705
+    assert count_parameters(build_unet(config)) == 324_705
 
 
 @pytest.mark.parametrize("name", list(ROUND_TWO))
@@ -77,13 +79,13 @@ def test_round_two_candidates_stay_within_the_reference_parameter_count(name):
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()
               if k in UNetConfig.__dataclass_fields__}
     config = UNetConfig(**fields)
-    assert count_parameters(UNet(config, NoiseSchedule().alpha_bars)) <= 324_705
+    assert count_parameters(build_unet(config, NoiseSchedule().alpha_bars)) <= 324_705
     parsed = _recipe_of_arguments(["train", *train_flags(recipe)])
     assert parsed == {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
 
 
 def _constant_output_network(prediction, value):
-    model = UNet(UNetConfig(prediction=prediction), NoiseSchedule().alpha_bars).eval()
+    model = build_unet(UNetConfig(prediction=prediction), NoiseSchedule().alpha_bars).eval()
     torch.nn.init.zeros_(model.conv_out.weight)
     torch.nn.init.constant_(model.conv_out.bias, value)  # the last convolution now outputs `value` everywhere
     return model
@@ -99,7 +101,7 @@ def test_a_network_predicting_v_or_x0_returns_the_eps_its_prediction_implies():
         assert torch.allclose(_constant_output_network("v", 0.3)(x, t), a * 0.3 + s * x, atol=1e-5)
         assert torch.allclose(_constant_output_network("x0", 0.3)(x, t), (x - a * 0.3) / s, atol=1e-4)
     with pytest.raises(ValueError, match="alpha_bars"):
-        UNet(UNetConfig(prediction="v"))
+        build_unet(UNetConfig(prediction="v"))
 
 
 def test_with_min_snr_weights_the_v_loss_and_the_eps_loss_are_the_same_loss():
@@ -125,14 +127,17 @@ def test_dropout_is_active_in_training_and_off_in_evaluation():
     assert not torch.equal(model(x, t), model(x, t))
     model.eval()
     assert torch.equal(model(x, t), model(x, t))
-    assert isinstance(UNet().down_blocks[0].dropout, torch.nn.Identity)  # the default draws no random numbers
+    default = UNet().train()
+    rng = torch.get_rng_state()
+    assert torch.equal(default(x, t), default(x, t))
+    assert torch.equal(torch.get_rng_state(), rng)  # the default network draws no random numbers while training
 
 
 def test_a_v_predicting_checkpoint_samples_and_exports_as_eps(tmp_path):
     from ddpm_core.training.checkpoint import load_checkpoint, save_weights
 
     tiny = UNetConfig(channels=(8, 8, 16), time_freq_dim=8, time_embed_dim=16, prediction="v")
-    model = UNet(tiny, NoiseSchedule().alpha_bars).eval()
+    model = build_unet(tiny, NoiseSchedule().alpha_bars).eval()
     save_weights(tmp_path / "v.safetensors", model, {"epoch": 1})
     loaded = load_checkpoint(tmp_path / "v.safetensors").model
     x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 900])
@@ -143,7 +148,7 @@ def test_a_v_predicting_checkpoint_samples_and_exports_as_eps(tmp_path):
 def test_attention_and_strided_downsampling_change_the_network():
     x, t = torch.randn(2, 1, 28, 28), torch.tensor([1, 500])
     plain = UNet(UNetConfig())
-    with_attention = UNet(UNetConfig(attention=(7,)))
+    with_attention = build_unet(UNetConfig(attention=(7,)))
     strided = UNet(UNetConfig(downsample="conv"))
     # One attention layer after each 7x7 block, down and up: GroupNorm, qkv and output projections.
     assert count_parameters(with_attention) - count_parameters(plain) == 2 * (4 * 48 * 48 + 4 * 48 + 2 * 48)
@@ -161,9 +166,13 @@ def test_zero_init_makes_the_untrained_network_predict_zero_noise():
 
 
 def test_an_old_configuration_without_the_new_fields_loads_as_the_network_it_was():
+    from ddpm_core.training.legacy import LEGACY_DEFAULTS, with_legacy_defaults
+
     old = {"image_channels": 1, "channels": [32, 32, 48], "time_freq_dim": 16, "time_embed_dim": 64, "num_groups": 8}
-    config = UNetConfig.from_dict(old)
+    config = UNetConfig.from_dict(with_legacy_defaults(old))
     assert config.attention == () and config.downsample == "maxpool" and not config.zero_init
+    assert config == UNetConfig() and set(LEGACY_DEFAULTS) == set(UNetConfig.__dataclass_fields__) - set(old)
+    assert with_legacy_defaults({**old, "dropout": 0.1})["dropout"] == 0.1  # a stored field is kept
 
 
 def test_bad_architecture_options_are_refused_with_the_reason():
@@ -190,7 +199,7 @@ def test_the_recipe_read_back_from_a_checkpoint_is_the_recipe_that_ran():
     train_config = {k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__}
     model_config = UNetConfig(channels=recipe["channels"]).to_dict()
     assert recipe_of(train_config, model_config) == recipe
-    legacy = recipe_of({"lr": 2e-4, "ema_decay": 0.999}, {"channels": (32, 32, 48)})  # a run from before
+    legacy = recipe_of({"lr": 2e-4, "ema_decay": 0.999}, {"channels": (32, 32, 48)})  # a file with fewer settings
     assert legacy == REFERENCE
 
 
@@ -268,3 +277,17 @@ def test_the_books_recipe_keeps_the_reference_runs_schedule():
     assert schedule.num_steps == 1000
     assert torch.allclose(schedule.betas, torch.linspace(1e-4, 0.02, 1000, dtype=schedule.betas.dtype))
     assert schedule.alpha_bars[-1] < 1e-4  # x_T is noise: the sampler's N(0, I) start is right
+
+
+def test_every_architecture_flag_sets_a_field_of_the_config_and_reads_it_one_way():
+    from ddpm_core.app.unet_options import UNET_OPTIONS
+    from ddpm_core.utils import arguments
+
+    fields = UNetConfig.__dataclass_fields__
+    flags = {action.dest for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    for name, option in UNET_OPTIONS.items():
+        assert name in fields and name in flags and option["help"]
+        is_bool = fields[name].type in ("bool", bool)
+        assert ["parse" in option, "choices" in option, is_bool].count(True) == 1, name
+        assert "parse" not in option or callable(getattr(arguments, option["parse"]))
+    assert not {"image_channels", "time_freq_dim", "num_classes"} & set(UNET_OPTIONS)  # no flag of their own

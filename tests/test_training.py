@@ -165,6 +165,22 @@ def test_a_killed_run_leaves_a_loadable_last_checkpoint(tmp_path):
     assert state["epoch"] >= 2
 
 
+def test_derive_seed_gives_the_seeds_that_runs_have_always_drawn_from():
+    from ddpm_core.training import distributed
+    from ddpm_core.training.loop import _epoch_order
+    from ddpm_core.training.run_seeds import derive_seed
+
+    # The data order of epoch e: seed * 1,000,003 + e.
+    assert [derive_seed(0, "data order", epoch) for epoch in (1, 2, 15)] == [1, 2, 15]
+    assert derive_seed(3, "data order", 2) == 3_000_011
+    expected = torch.randperm(96, generator=torch.Generator().manual_seed(3_000_011))
+    assert torch.equal(_epoch_order(3, 2, 96), expected)
+    # Noise shard j > 0: seed * 1,000,003 + 7,919 j; shard 0 draws from the run's seed, as one process does.
+    assert [derive_seed(3, "noise shard", shard) for shard in (1, 2)] == [3_007_928, 3_015_847]
+    assert [distributed.shard_seed(3, shard) for shard in range(3)] == [3, 3_007_928, 3_015_847]
+    assert distributed.shard_seed(0, 1) == 7_919
+
+
 def test_train_step_is_algorithm_1_on_one_batch():
     from ddpm_core.diffusion.objective import train_step
     from ddpm_core.diffusion.unet import UNet

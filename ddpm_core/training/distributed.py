@@ -5,13 +5,13 @@ tells each its place through the environment (RANK, WORLD_SIZE, LOCAL_RANK, MAST
 ``train`` reads it with ``ranks_from_env`` and, when N > 1:
 
 - joins the process group (NCCL on CUDA, one GPU per process; Gloo on the CPU) after a
-  rendezvous that waits at most ``DDPM_RENDEZVOUS_TIMEOUT`` seconds (default 300) for every
-  process to arrive, and then says which ones did not;
+  rendezvous (``rendezvous.py``) that waits at most ``DDPM_RENDEZVOUS_TIMEOUT`` seconds
+  (default 300) for every process to arrive, and then says which ones did not;
 - splits every global batch of ``batch_size`` images into N equal parts, one per process, so
   the batch the optimiser sees is the configured one; the epoch's order still depends only on
   (seed, epoch), and every process computes the same permutation;
 - draws t, eps and the dropped labels of each part from that part's own generator, seeded by
-  (seed, part) with ``shard_seed``. The parts are called noise shards: a single process can
+  (seed, part) with ``shard_seed`` (``run_seeds.py``). The parts are called noise shards: a single process can
   draw several of them (``train(..., noise_shards=N)``), which is how one process reproduces
   an N-process run, and how a run resumes on a different number of processes;
 - lets ``DistributedDataParallel`` average the gradients, so every process takes the same step;
@@ -24,19 +24,17 @@ import datetime
 import math
 import os
 import socket
-import sys
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from ddpm_core.training import rendezvous
+from ddpm_core.training.run_seeds import derive_seed
 from ddpm_core.utils.errors import DDPMError
 
 TIMEOUT = datetime.timedelta(minutes=10)  # how long a collective waits for a silent process
 RENDEZVOUS_TIMEOUT_S = 300.0  # how long the processes wait for each other at the start; DDPM_RENDEZVOUS_TIMEOUT
-ANNOUNCE_AFTER_S = 1.0  # rank 0 says that it waits once the others are this late: they usually start together
-POLL_S = 0.05
 TORCHRUN = "torchrun --nproc-per-node N -m ddpm_core train"  # followed by the command's own options
 
 
@@ -60,6 +58,11 @@ class Ranks:
         return self.world_size > 1
 
     @property
+    def launch_command(self) -> str:
+        """The torchrun command that starts this many processes, before the command's own options."""
+        return TORCHRUN.replace("N", str(self.world_size))
+
+    @property
     def main(self) -> bool:
         """Rank 0: the one process that writes checkpoints, logs and progress bars."""
         return self.rank == 0
@@ -73,7 +76,7 @@ class Ranks:
                 f"WORLD_SIZE={self.world_size} asks for a parallel run, whose processes meet at the address of "
                 f"process 0, but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set. torchrun "
                 f"sets them, with RANK, WORLD_SIZE and LOCAL_RANK, in every process it starts: run "
-                f"`{TORCHRUN.replace('N', str(self.world_size))}` followed by this command's options. To start the "
+                f"`{self.launch_command}` followed by this command's options. To start the "
                 f"processes by hand instead, give each the same MASTER_ADDR (the host of RANK=0, e.g. 127.0.0.1) "
                 f"and MASTER_PORT (a free port, 1 to 65535, e.g. 29500); to train in one process, unset WORLD_SIZE "
                 f"and RANK."
@@ -115,6 +118,20 @@ def ranks_from_env() -> Ranks:
     variables and DDPM_RENDEZVOUS_TIMEOUT. Refuses values that are no numbers or out of range with ``DDPMError``;
     a missing MASTER_ADDR or MASTER_PORT is refused by ``Ranks.rendezvous``, only where a rendezvous is needed.
     """
+    rank, world_size = _rank_and_world_size()
+    local_rank, local_world_size = _local_rank_and_size(world_size)
+    parallel = world_size > 1  # one process meets no one: stray rendezvous settings are harmless
+    return Ranks(
+        rank=rank, world_size=world_size, local_rank=local_rank, local_world_size=local_world_size,
+        master_addr=_env("MASTER_ADDR"), master_port=_master_port() if parallel else None,
+        rendezvous_timeout=_rendezvous_timeout() if parallel else RENDEZVOUS_TIMEOUT_S,
+        torchrun=_env("TORCHELASTIC_RUN_ID") is not None,
+        agent_store=_env("TORCHELASTIC_USE_AGENT_STORE") == "True",
+        attempt=_env_int("TORCHELASTIC_RESTART_COUNT", 0, 0),
+    )
+
+
+def _rank_and_world_size() -> tuple[int, int]:
     world_size = _env_int("WORLD_SIZE", 1, 1)
     rank = _env_int("RANK", 0, 0)
     if _env("WORLD_SIZE") is None and rank > 0:
@@ -125,6 +142,10 @@ def ranks_from_env() -> Ranks:
     if rank >= world_size:
         raise DDPMError(f"RANK={rank} does not lie in 0..{world_size - 1}, the ranks of WORLD_SIZE={world_size} "
                         f"processes. {_HOW}")
+    return rank, world_size
+
+
+def _local_rank_and_size(world_size: int) -> tuple[int, int]:
     local_world_size = _env_int("LOCAL_WORLD_SIZE", world_size, 1)
     if local_world_size > world_size:
         raise DDPMError(f"LOCAL_WORLD_SIZE={local_world_size}, the processes on this machine, exceeds "
@@ -133,32 +154,35 @@ def ranks_from_env() -> Ranks:
     if local_rank >= local_world_size:
         raise DDPMError(f"LOCAL_RANK={local_rank} does not lie in 0..{local_world_size - 1}, the local ranks of "
                         f"LOCAL_WORLD_SIZE={local_world_size} processes on this machine. {_HOW}")
-    master_port = None
-    if world_size > 1 and _env("MASTER_PORT") is not None:  # one process meets no one: a stray value is harmless
-        try:
-            master_port = int(_env("MASTER_PORT"))  # type: ignore[arg-type]
-        except ValueError:
-            master_port = -1
-        if not 1 <= master_port <= 65535:
-            raise DDPMError(f"MASTER_PORT={_env('MASTER_PORT')!r} is not a port number: choose a free port from 1 "
-                            f"to 65535 (e.g. 29500), the same in every process, or let torchrun choose one.")
-    timeout = RENDEZVOUS_TIMEOUT_S
-    if world_size > 1 and _env("DDPM_RENDEZVOUS_TIMEOUT") is not None:  # one process waits for no one
-        text = _env("DDPM_RENDEZVOUS_TIMEOUT")
-        try:
-            timeout = float(text)  # type: ignore[arg-type]
-        except ValueError:
-            timeout = math.nan
-        if not (math.isfinite(timeout) and timeout > 0):
-            raise DDPMError(f"DDPM_RENDEZVOUS_TIMEOUT={text!r} should be the seconds the processes wait for each "
-                            f"other at the start, a number above 0 (default {RENDEZVOUS_TIMEOUT_S:.0f}).")
-    return Ranks(
-        rank=rank, world_size=world_size, local_rank=local_rank, local_world_size=local_world_size,
-        master_addr=_env("MASTER_ADDR"), master_port=master_port, rendezvous_timeout=timeout,
-        torchrun=_env("TORCHELASTIC_RUN_ID") is not None,
-        agent_store=_env("TORCHELASTIC_USE_AGENT_STORE") == "True",
-        attempt=_env_int("TORCHELASTIC_RESTART_COUNT", 0, 0),
-    )
+    return local_rank, local_world_size
+
+
+def _master_port() -> int | None:
+    text = _env("MASTER_PORT")
+    if text is None:
+        return None
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise DDPMError(f"MASTER_PORT={text!r} is not a port number: choose a free port from 1 to 65535 (e.g. "
+                        f"29500), the same in every process, or let torchrun choose one.")
+    return port
+
+
+def _rendezvous_timeout() -> float:
+    text = _env("DDPM_RENDEZVOUS_TIMEOUT")
+    if text is None:
+        return RENDEZVOUS_TIMEOUT_S
+    try:
+        timeout = float(text)
+    except ValueError:
+        timeout = math.nan
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise DDPMError(f"DDPM_RENDEZVOUS_TIMEOUT={text!r} should be the seconds the processes wait for each "
+                        f"other at the start, a number above 0 (default {RENDEZVOUS_TIMEOUT_S:.0f}).")
+    return timeout
 
 
 def start(ranks: Ranks, device: torch.device) -> torch.device:
@@ -180,7 +204,7 @@ def start(ranks: Ranks, device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        store = _rendezvous(ranks)
+        store = rendezvous.meet(ranks)
         # the store's timeout from here on, as torch's own env:// rendezvous leaves it
         store.set_timeout(TIMEOUT)
         dist.init_process_group(
@@ -193,138 +217,6 @@ def start(ranks: Ranks, device: torch.device) -> torch.device:
     return device
 
 
-# Where the processes of this run live, as each wrote it at the rendezvous: (host, parent's pid, pid) by rank.
-_peers: dict[int, tuple[str, int, int]] = {}
-
-
-def _rendezvous(ranks: Ranks) -> dist.Store:
-    """Meet the other processes at MASTER_ADDR:MASTER_PORT within ``ranks.rendezvous_timeout`` seconds.
-
-    torch's env:// rendezvous would wait up to the collectives' timeout without a word, and, in process 0, for
-    ever when its peers never connect. Here every process counts itself in on the store, process 0 says once
-    that it waits, and a process whose peers do not all arrive in time stops with a message naming them.
-    """
-    address, port = ranks.rendezvous()
-    where = f"{address}:{port}"
-    deadline = time.monotonic() + ranks.rendezvous_timeout
-    timeout = datetime.timedelta(seconds=ranks.rendezvous_timeout)
-    if ranks.main and not ranks.agent_store:  # process 0 hosts the store, as torch's env:// rendezvous does
-        try:
-            store: dist.Store = dist.TCPStore(address, port, ranks.world_size, is_master=True, timeout=timeout,
-                                              wait_for_workers=False)
-        except (RuntimeError, ValueError) as error:
-            raise DDPMError(
-                f"Process 0 cannot hold the rendezvous on port {port} ({_first_line(error)}). Choose a free port "
-                f"with MASTER_PORT (the same in every process), or, under torchrun, with its --master-port option."
-            ) from None
-    else:  # torchrun's agent hosts the store (TORCHELASTIC_USE_AGENT_STORE), or process 0 does
-        _wait_until_reachable(ranks, address, port, deadline)
-        try:
-            store = dist.TCPStore(address, port, ranks.world_size, is_master=False,
-                                  timeout=datetime.timedelta(seconds=max(1.0, deadline - time.monotonic())))
-        except (RuntimeError, ValueError) as error:
-            raise DDPMError(
-                f"Process {ranks.rank} of {ranks.world_size} could not join the rendezvous at {where} "
-                f"({_first_line(error)}). Check that MASTER_ADDR and MASTER_PORT name the host and port of "
-                f"process 0 (torchrun sets both), and that process 0 runs."
-            ) from None
-    if ranks.agent_store:  # the agent's store outlives a restarted group: keep each attempt's keys apart
-        store = dist.PrefixStore(f"/worker/attempt_{ranks.attempt}", store)
-    try:
-        _count_in(store, ranks, where, deadline)
-    except RuntimeError as error:  # the store went away (a DistError): the process that held it stopped
-        holder = "torchrun's agent" if ranks.agent_store else "process 0"
-        raise DDPMError(
-            f"Process {ranks.rank} of {ranks.world_size} lost the rendezvous at {where} before every process had "
-            f"joined: {holder}, which holds it, stopped ({_first_line(error)}). Its own message says why; start "
-            f"every process again."
-        ) from None
-    return store
-
-
-def _wait_until_reachable(ranks: Ranks, address: str, port: int, deadline: float) -> None:
-    """Wait until something listens at address:port: a plain socket, because a failing TCPStore client logs
-    pages of C++ stack for every try."""
-    try:
-        socket.getaddrinfo(address, port)
-    except OSError as error:
-        raise DDPMError(
-            f"MASTER_ADDR={address} is no host this machine can find ({error.strerror or error}). Set it to the "
-            f"name or IP address of the machine of process 0 (127.0.0.1 when all processes run on this one)."
-        ) from None
-    announced = False
-    started = time.monotonic()
-    while True:
-        try:
-            with socket.create_connection((address, port), timeout=min(1.0, ranks.rendezvous_timeout)):
-                return
-        except OSError:
-            pass
-        now = time.monotonic()
-        if now >= deadline:
-            raise DDPMError(
-                f"Process {ranks.rank} of {ranks.world_size} waited {ranks.rendezvous_timeout:g} s for process 0 "
-                f"to open the rendezvous at {address}:{port}, in vain. Start process 0 (RANK=0) with the same "
-                f"MASTER_ADDR, MASTER_PORT and WORLD_SIZE={ranks.world_size}, or start every process at once with "
-                f"`{TORCHRUN.replace('N', str(ranks.world_size))}` followed by this command's options. To wait "
-                f"longer, set DDPM_RENDEZVOUS_TIMEOUT (seconds)."
-            )
-        if not announced and now - started >= min(ANNOUNCE_AFTER_S, ranks.rendezvous_timeout / 2):
-            print(f"process {ranks.rank}: waiting up to {ranks.rendezvous_timeout:g} s for process 0 to open the "
-                  f"rendezvous at {address}:{port}", file=sys.stderr, flush=True)
-            announced = True
-        time.sleep(min(0.2, max(0.0, deadline - now)))
-
-
-def _count_in(store: dist.Store, ranks: Ranks, where: str, deadline: float) -> None:
-    """Add this process to the store's count and wait until all ``world_size`` have arrived, or refuse."""
-    if store.add(f"ddpm_core/rank{ranks.rank}", 1) > 1:
-        raise DDPMError(
-            f"Two processes of this run have RANK={ranks.rank}: each process needs its own RANK, 0 to "
-            f"{ranks.world_size - 1}. torchrun numbers them itself; started by hand, give each another RANK."
-        )
-    store.set(f"ddpm_core/process{ranks.rank}", f"{socket.gethostname()} {os.getppid()} {os.getpid()}")
-    joined = store.add("ddpm_core/joined", 1)
-    started, announced = time.monotonic(), False
-    while joined < ranks.world_size:
-        now = time.monotonic()
-        if now >= deadline:
-            raise DDPMError(_missing_processes(store, ranks, joined, where))
-        if ranks.main and not announced and now - started >= min(ANNOUNCE_AFTER_S, ranks.rendezvous_timeout / 2):
-            others = ranks.world_size - 1
-            print(f"waiting up to {ranks.rendezvous_timeout:g} s for the other "
-                  f"{'process' if others == 1 else f'{others} processes'} to join at {where}",
-                  file=sys.stderr, flush=True)
-            announced = True
-        time.sleep(POLL_S)
-        joined = store.add("ddpm_core/joined", 0)
-    if ranks.main:
-        for rank in range(ranks.world_size):
-            host, parent, pid = store.get(f"ddpm_core/process{rank}").decode().rsplit(" ", 2)
-            _peers[rank] = (host, int(parent), int(pid))
-
-
-def _missing_processes(store: dist.Store, ranks: Ranks, joined: int, where: str) -> str:
-    missing = [r for r in range(ranks.world_size) if not store.check([f"ddpm_core/process{r}"])]
-    names = ", ".join(str(r) for r in missing)
-    what = (f"Only {joined} of the {ranks.world_size} processes joined the rendezvous at {where} within "
-            f"{ranks.rendezvous_timeout:g} s; missing: RANK {names}.")
-    if ranks.torchrun:
-        advice = ("torchrun started them, so they failed or are still starting: look above for their messages. "
-                  "On a slow machine, set DDPM_RENDEZVOUS_TIMEOUT to more seconds.")
-    else:
-        which = f"RANK={names}" if len(missing) == 1 else f"RANK set to each of {names}"
-        advice = (f"Start the missing process{'es' if len(missing) > 1 else ''} with this command, the same "
-                  f"MASTER_ADDR, MASTER_PORT and WORLD_SIZE={ranks.world_size}, and {which}; or start every process "
-                  f"at once with `{TORCHRUN.replace('N', str(ranks.world_size))}` followed by this command's "
-                  f"options. To wait longer, set DDPM_RENDEZVOUS_TIMEOUT (seconds).")
-    return f"{what} {advice}"
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 def stopped_peers() -> list[int]:
     """The ranks of the processes that have ended, among those started by the same torchrun on this machine.
 
@@ -333,7 +225,7 @@ def stopped_peers() -> list[int]:
     machines, or started by hand, cannot be checked and are left out.
     """
     host, parent = socket.gethostname(), os.getppid()
-    return [rank for rank, (h, p, pid) in sorted(_peers.items())
+    return [rank for rank, (h, p, pid) in sorted(rendezvous.PEERS.items())
             if h == host and p == parent and pid != os.getpid() and not _alive(pid)]
 
 
@@ -362,7 +254,7 @@ def stop() -> None:
 
 def shard_seed(seed: int, shard: int) -> int:
     """The seed of noise shard ``shard``: shard 0 uses the run's seed itself, as a single process does."""
-    return seed if shard == 0 else seed * 1_000_003 + 7_919 * shard
+    return seed if shard == 0 else derive_seed(seed, "noise shard", shard)
 
 
 def owned_shards(ranks: Ranks, noise_shards: int) -> range:

@@ -57,9 +57,8 @@ def activation_bytes_per_image(
 
         x0 = torch.zeros(batch, *image_shape, device=device).contiguous(memory_format=memory_format)
         t = torch.full((batch,), schedule.num_steps, device=device)
-        labels = torch.zeros(batch, dtype=torch.long, device=device) if model.config.num_classes else None
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
-            loss = per_sample_loss(model, schedule, x0, t, x0, labels).mean()
+            loss = per_sample_loss(model, schedule, x0, t, x0).mean()  # a conditional network: "no class"
         del loss  # frees the graph and what it saved
         return sum(storages.values())
 
@@ -125,8 +124,7 @@ def check_step_memory(
     available = available_memory(device)
     if available is None:
         return
-    n = images.shape[0]
-    local_batch = math.ceil(min(config.batch_size, n) / ranks.world_size)
+    local_batch = math.ceil(min(config.batch_size, images.shape[0]) / ranks.world_size)
     saved = activation_bytes_per_image(model, schedule, config, tuple(images.shape[1:]))
     per_image = MEMORY_MARGIN[config.precision] * saved
     # The gradients and Adam's two moments, which the first step allocates, beside the weights already there.
@@ -137,21 +135,23 @@ def check_step_memory(
         return
     where = "this machine's memory" if device.type == "cpu" else f"{device} ({device_description(device)})"
     per_process = int((available / sharing - fixed) // per_image) if per_image else 0
-    fits = per_process * ranks.world_size  # the largest global batch that fits
-    if fits >= ranks.world_size:
-        power = 2 ** int(math.log2(fits))
-        fits = power if power % ranks.world_size == 0 else fits // ranks.world_size * ranks.world_size
-    message = (
+    raise DDPMError(
         f"A training step with --batch-size {config.batch_size} needs about {_size(needed)} of memory "
         f"(about {_size(per_image)} per image), but only {_size(available)} of {where} are free. "
+        f"{_advice(per_process * ranks.world_size, ranks.world_size, resume)} Nothing was trained or saved in "
+        f"{out_dir}."
     )
-    if fits < ranks.world_size:
-        advice = ("Not even one image per step fits: free memory (close other programs), or train a smaller network "
-                  "(--channels).")
-    elif resume:
-        advice = (f"A resumed run keeps the batch size it was started with: free memory (close other programs) and "
-                  f"resume again, or start a new run in another --out folder with --batch-size {fits} or less, "
-                  f"which fits.")
-    else:
-        advice = f"Pass --batch-size {fits} or less, which fits."
-    raise DDPMError(f"{message}{advice} Nothing was trained or saved in {out_dir}.")
+
+
+def _advice(fits: int, world_size: int, resume: bool) -> str:
+    """What to do when the batch does not fit, where ``fits`` global images would (a power of two if it can be)."""
+    if fits < world_size:
+        return ("Not even one image per step fits: free memory (close other programs), or train a smaller network "
+                "(--channels).")
+    power = 2 ** int(math.log2(fits))
+    fits = power if power % world_size == 0 else fits // world_size * world_size
+    if resume:
+        return (f"A resumed run keeps the batch size it was started with: free memory (close other programs) and "
+                f"resume again, or start a new run in another --out folder with --batch-size {fits} or less, "
+                f"which fits.")
+    return f"Pass --batch-size {fits} or less, which fits."

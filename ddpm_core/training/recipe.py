@@ -14,7 +14,6 @@ w(t) that ``objective.train_step`` applies.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,11 +28,6 @@ from ddpm_core.utils.errors import DDPMError
 LR_DECAYS = ("constant", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 PRECISIONS = ("fp32", "bf16")
-# What a stored run without these settings did: the training loop before they were added.
-LEGACY_TRAIN_DEFAULTS = {
-    "warmup_steps": 0, "lr_decay": "constant", "grad_clip": None, "ema_warmup": False,
-    "loss_weighting": "uniform", "min_snr_gamma": 5.0, "p_uncond": 0.1, "precision": "fp32",
-}
 
 
 def setting(default: Any, help: str, parse: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
@@ -48,7 +42,8 @@ class TrainConfig:
 
     epochs: int = setting(15, "passes over the training set", "positive_int")
     batch_size: int = setting(128, "images per optimiser step", "batch_size")
-    lr: float = setting(2e-3, "Adam's learning rate; the peak rate after --warmup-steps", "positive_float")
+    lr: float = setting(2e-3, "Adam's learning rate; the peak rate after --warmup-steps",
+                         "learning_rate_value")
     seed: int = setting(0, "seed for the initial weights, the data order and every t and eps drawn", "seed_int")
     ema_decay: float | None = setting(0.999, "decay of the weights' moving average (EMA), or none", "optional_decay")
     subset: int | None = setting(None, "train on the first N images only", "positive_int")
@@ -106,11 +101,6 @@ REFERENCE = TrainConfig(lr=2e-4, warmup_steps=0, lr_decay="constant", grad_clip=
 RECIPES = {"book": BOOK, "reference": REFERENCE}
 
 
-def command_line_settings(config_type: type = TrainConfig) -> list[dataclasses.Field]:
-    """The fields of a config dataclass that a person may set (those made with ``setting``)."""
-    return [f for f in dataclasses.fields(config_type) if "help" in f.metadata]
-
-
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     """The learning rate at optimiser step ``step`` (0-based) of a run of ``total_steps`` steps."""
     if step < config.warmup_steps:
@@ -149,15 +139,9 @@ class RecipeHooks:
     ``step`` counts the optimiser steps of the run (0-based; set it when a run resumes).
     """
 
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        model: torch.nn.Module,
-        config: TrainConfig,
-        total_steps: int,
-        ema_state: dict[str, Tensor] | None = None,
-        step: int = 0,
-    ) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module,
+                 config: TrainConfig, total_steps: int,
+                 ema_state: dict[str, Tensor] | None = None, step: int = 0) -> None:
         self.model, self.config, self.total_steps = model, config, total_steps
         self.ema_state, self.step = ema_state, step
         self._handles = [optimizer.register_step_pre_hook(self._before_step),

@@ -1,7 +1,7 @@
 """The layout of a training run's folder, in one place.
 
-    model.safetensors             weights after the last finished epoch
-    resume.pt                     everything exact resumption needs (see ``checkpoint.py``)
+    model.safetensors             weights after the last finished epoch (see ``checkpoint.py``)
+    resume.pt                     everything exact resumption needs (see ``resume.py``)
     epochs/epoch_NNN.safetensors  the weights of every epoch
     .lock                         held while a run trains into the folder (see ``lock.py``)
 
@@ -21,6 +21,8 @@ from ddpm_core.utils.files import is_own_temporary, remove_own_temporaries
 WEIGHTS_FILE = "model.safetensors"
 RESUME_FILE = "resume.pt"
 EPOCHS_DIR = "epochs"
+EPOCH_FILE = "epoch_{epoch:03d}.safetensors"
+EPOCH_FILES = "epoch_*.safetensors"
 LOCK_FILE = ".lock"
 
 
@@ -32,6 +34,12 @@ class RunFolder:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def holding(cls, weights: str | Path) -> RunFolder:
+        """The run folder a weights file lies in: its own folder, or the run above an ``epochs/`` folder."""
+        parent = Path(weights).parent
+        return cls(parent.parent if parent.name == EPOCHS_DIR else parent)
 
     @property
     def weights(self) -> Path:
@@ -50,13 +58,13 @@ class RunFolder:
         return self.path / LOCK_FILE
 
     def epoch_file(self, epoch: int) -> Path:
-        return self.epochs / f"epoch_{epoch:03d}.safetensors"
+        return self.epochs / EPOCH_FILE.format(epoch=epoch)
 
     def epoch_files(self) -> list[Path]:
         """The epochs' weight files that are there, in order."""
         if not self.epochs.is_dir():
             return []
-        return sorted(p for p in self.epochs.glob("epoch_*.safetensors") if p.is_file())
+        return sorted(p for p in self.epochs.glob(EPOCH_FILES) if p.is_file())
 
     def run_files(self) -> list[Path]:
         """The entries of a run that are there: ``model.safetensors`` and ``resume.pt`` whatever their kind
@@ -109,7 +117,7 @@ class RunFolder:
         """The epoch that ``train(..., resume=True)`` would continue from, or None if there is none."""
         if not self.resumable():  # is_file() only stats: a pipe there would block a reader forever
             return None
-        from ddpm_core.training.checkpoint import load_resume_state  # torch and safetensors, only when there is a file
+        from ddpm_core.training.resume import load_resume_state  # torch and safetensors, only when there is a file
 
         try:
             return int(load_resume_state(self.resume)["epoch"])
@@ -138,7 +146,7 @@ class RunFolder:
                     f"{self.path} already holds a training run. Pass --resume (resume=True) to continue it "
                     f"({saved}{self.describe(present)}), or choose another --out folder; nothing was overwritten."
                 )
-            # What a checkpoint replaces must be a file (or a link, which is replaced itself), and epochs/ a self.
+            # What a checkpoint replaces must be a file (or a link, which is replaced itself), and epochs/ a folder.
             blocking = [p for p in (self.weights,) if p.exists() and not p.is_file()]
             blocking += [self.epochs] if self.epochs.exists() and not self.epochs.is_dir() else []
             if blocking:

@@ -5,8 +5,8 @@ layer. glibc's ``malloc`` serves blocks of 128 KiB and more with fresh ``mmap``
 pages and gives freed memory back to the kernel, so the next layer touches new
 pages and pays a page fault for every 4 KiB: 4,400 to 6,500 faults per
 batch-32 call, about a quarter of its time. :func:`keep_freed_memory` asks ``malloc`` to keep
-such memory instead; the sampler and the training loop call it when they run on
-the CPU. ``python -m benchmarks.sampling`` measures the difference.
+such memory instead; the training loop, the sampling commands and the book's chapters
+call it when they run on the CPU. ``python -m benchmarks.sampling`` measures the difference.
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ def keep_freed_memory(on: bool | None = None) -> bool:
     It changes only where memory comes from, never a computed value.
 
     Args:
-        on: True keeps freed memory. None, what the sampler and the training
-            loop pass, turns it on unless this process has already decided or
+        on: True keeps freed memory. None, what the training loop and the
+            sampling commands pass, turns it on unless this process has already decided or
             the environment variable ``DDPM_KEEP_FREED_MEMORY`` is ``0``.
             False, before it was ever on, leaves glibc untouched (its adaptive
             defaults); after it was on, glibc cannot go back to adapting, so

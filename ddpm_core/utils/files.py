@@ -1,11 +1,14 @@
 """Writing files without ever destroying one the package did not make.
 
-Every file the package writes goes through ``atomic_write``: the bytes go to a hidden temporary
-file in the same folder, named with the package's own prefix (``.ddpm_core-NAME.XXXX.tmp``), which
-is renamed onto the final name only when it is complete. A run killed mid-write, or a disk that
-fills up, therefore leaves the previous file intact, and a clean-up can tell the package's own
-leftovers from a user's files by their name alone (``remove_own_temporaries``). The rename
-replaces a symbolic link itself, never the file it points to.
+The files a command makes (weights, resume states, samples, images, exported graphs, JSON
+records) are written through ``atomic_write``: the bytes go to a hidden temporary file in the same
+folder, named with the package's own prefix (``.ddpm_core-NAME.XXXX.tmp``), which is renamed onto
+the final name only when it is complete. A run killed mid-write, or a disk that fills up, therefore
+leaves the previous file intact, and a clean-up can tell the package's own leftovers from a user's
+files by their name alone (``remove_own_temporaries``). The rename replaces a symbolic link itself,
+never the file it points to. Two writes are made in place, on purpose: the run lock's file, which
+is the lock itself (``ddpm_core.training.lock``), and a bug's edit of a source file, made in a
+throwaway copy of the repository (``ddpm_core.book.bugs``).
 
 Before any long work, a command checks its outputs with ``check_output_file``: the suffix, an
 existing file or link (refused unless ``--force``, or unless the package recognises the file as

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from ddpm_core.training.checkpoint import load_checkpoint, read_safetensors_header
+from ddpm_core.training.checkpoint import load_checkpoint
+from ddpm_core.training.safetensors_guard import read_safetensors_header
 from tests.helpers import (
     CLASSIFIER,
     REPO,
@@ -335,7 +336,7 @@ def test_the_committed_checkpoint_loads_raw_and_ema_weights():
     assert any((a != b).any() for a, b in zip(raw.model.parameters(), ema.model.parameters(), strict=True))
 
 
-# Moved from the command-line robustness tests ----------------------------------------
+# 6. The judge's file and a checkpoint are never taken for each other; metadata that cannot be used ----------
 
 
 def test_the_classifier_command_does_not_overwrite_an_existing_file(run_copy, capsys):

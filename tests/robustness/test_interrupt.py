@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_core.training.checkpoint import load_resume_state
+from ddpm_core.training.resume import load_resume_state
 from tests.helpers import (
     DDPM,
     REPO,

@@ -352,7 +352,7 @@ def test_a_batch_of_all_of_mnist_is_refused_before_any_allocation(tmp_path, caps
     assert RunFolder(out).run_files() == []
 
 
-# Moved from the command-line robustness tests ----------------------------------------
+# 9. The lock, an unusable resume state, an unusable --out, a full disk, a diverged run, leftovers -------------
 
 
 @pytest.mark.slow
