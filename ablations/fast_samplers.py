@@ -18,26 +18,27 @@ import json
 import time
 from pathlib import Path
 
-ROWS = {  # name: (sampler, steps, eta)
-    "ddim-10": ("ddim", 10, 0.0),
-    "ddim-20": ("ddim", 20, 0.0),
-    "ddim-50": ("ddim", 50, 0.0),
-    "ddim-100": ("ddim", 100, 0.0),
-    "ddim-10-eta1": ("ddim", 10, 1.0),
-    "ddim-20-eta1": ("ddim", 20, 1.0),
-    "ddim-50-eta0.5": ("ddim", 50, 0.5),
-    "ddim-50-eta1": ("ddim", 50, 1.0),
-    "ddim-100-eta0.5": ("ddim", 100, 0.5),
-    "ddim-100-eta1": ("ddim", 100, 1.0),
-    "dpm-10": ("dpm", 10, 0.0),
-    "dpm-20": ("dpm", 20, 0.0),
-    "dpm-50": ("dpm", 50, 0.0),
-    "dpm-100": ("dpm", 100, 0.0),
+ROWS = {  # name: (sampler, its options)
+    "ddim-10": ("ddim", {"steps": 10, "eta": 0.0}),
+    "ddim-20": ("ddim", {"steps": 20, "eta": 0.0}),
+    "ddim-50": ("ddim", {"steps": 50, "eta": 0.0}),
+    "ddim-100": ("ddim", {"steps": 100, "eta": 0.0}),
+    "ddim-10-eta1": ("ddim", {"steps": 10, "eta": 1.0}),
+    "ddim-20-eta1": ("ddim", {"steps": 20, "eta": 1.0}),
+    "ddim-50-eta0.5": ("ddim", {"steps": 50, "eta": 0.5}),
+    "ddim-50-eta1": ("ddim", {"steps": 50, "eta": 1.0}),
+    "ddim-100-eta0.5": ("ddim", {"steps": 100, "eta": 0.5}),
+    "ddim-100-eta1": ("ddim", {"steps": 100, "eta": 1.0}),
+    "dpm-10": ("dpm", {"steps": 10}),
+    "dpm-20": ("dpm", {"steps": 20}),
+    "dpm-50": ("dpm", {"steps": 50}),
+    "dpm-100": ("dpm", {"steps": 100}),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     from ddpm_core.measure.evaluation import evaluate_checkpoint
+    from ddpm_core.utils.files import store_entry
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("book/checkpoints/ddpm_mnist.safetensors"))
@@ -48,18 +49,17 @@ def main(argv: list[str] | None = None) -> int:
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     for name in args.only.split(",") if args.only else ROWS:
-        sampler, steps, eta = ROWS[name]
+        sampler, options = ROWS[name]
         previous = results.get(name, {})
         if previous.get("checkpoint") == str(args.checkpoint) and previous.get("num_samples") == args.num_samples:
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
-        row = evaluate_checkpoint(args.checkpoint, num_samples=args.num_samples, sampler=sampler, steps=steps,
-                                  eta=eta, progress=False)
+        row = evaluate_checkpoint(args.checkpoint, num_samples=args.num_samples, sampler=sampler, progress=False,
+                                  **options)
         row = {"checkpoint": str(args.checkpoint), **{k: v for k, v in row.items() if not hasattr(v, "shape")}}
         row["class_counts"] = [int(c) for c in row.get("class_counts", [])]
         print(f"  Frechet {row['frechet_distance']:.2f}  confident {row['confident_fraction']:.3f}", flush=True)
-        results[name] = row
-        args.results.write_text(json.dumps(results, indent=1) + "\n")
+        store_entry(args.results, name, row)
     return 0
 
 

@@ -28,10 +28,10 @@ from pathlib import Path
 from ablations.candidates import ROUND_TWO
 from ablations.screen import describe_run, train_and_describe
 
-SAMPLERS = {  # name in the results: (sampler, steps)
-    "ddpm1000": ("ddpm", 1000),
-    "ddim50": ("ddim", 50),
-    "dpm20": ("dpm", 20),
+SAMPLERS = {  # name in the results: (sampler, its options)
+    "ddpm1000": ("ddpm", {}),
+    "ddim50": ("ddim", {"steps": 50, "eta": 0.0}),
+    "dpm20": ("dpm", {"steps": 20}),
 }
 SECOND_SEED_SET = "ddpm1000_next_seeds"  # DDPM-1000 on seeds NUM_SAMPLES to 2 * NUM_SAMPLES - 1
 BOOK_MODEL = Path("book/checkpoints/ddpm_mnist.safetensors")
@@ -58,18 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ddpm_core.measure.evaluation import evaluate_checkpoint
+    from ddpm_core.training.run_folder import RunFolder
+    from ddpm_core.utils.files import store_entry
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    samplers = {key: (sampler, steps, 0) for key, (sampler, steps) in SAMPLERS.items()}
+    samplers = {key: (sampler, options, 0) for key, (sampler, options) in SAMPLERS.items()}  # and the first seed
     if args.second_seed_set:
-        samplers[SECOND_SEED_SET] = ("ddpm", 1000, args.num_samples)
+        samplers[SECOND_SEED_SET] = ("ddpm", {}, args.num_samples)
     for candidate in args.only.split(","):
         name = candidate if args.train_seed == 0 else f"{candidate}_seed{args.train_seed}"
         if candidate == "book":  # chapter 7 scores seeds 0 to 999 from its sample set
             weights, entry = BOOK_MODEL, describe_book_model()
             todo = {k: v for k, v in samplers.items() if k == SECOND_SEED_SET}
         else:
-            weights = args.out / name / "model.safetensors"
+            weights = RunFolder(args.out / name).weights
             entry = train_and_describe(name, ROUND_TWO[candidate], args.epochs, args.out, args.train_seed)
             todo = samplers
         for key in ("model_config", "train_config"):  # the command spells them out
@@ -77,19 +79,18 @@ def main(argv: list[str] | None = None) -> int:
         previous = results.get(name, {})
         if SECOND_SEED_SET in previous and SECOND_SEED_SET not in todo:
             entry[SECOND_SEED_SET] = previous[SECOND_SEED_SET]  # scored by an earlier call
-        for key, (sampler, steps, seed) in todo.items():
+        for key, (sampler, options, seed) in todo.items():
             if key in previous and previous[key].get("num_samples") == args.num_samples:
                 entry[key] = previous[key]
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] scoring {name} with {key}", flush=True)
             scored = evaluate_checkpoint(weights, num_samples=args.num_samples, seed=seed,
-                                         sampler=sampler, steps=steps, progress=False)
+                                         sampler=sampler, progress=False, **options)
             scored["class_counts"] = [int(c) for c in scored["class_counts"]]
             entry[key] = scored
             print(f"  Frechet {scored['frechet_distance']:.2f}  confident {scored['confident_fraction']:.3f}",
                   flush=True)
-        results[name] = entry
-        args.results.write_text(json.dumps(results, indent=1) + "\n")
+        store_entry(args.results, name, entry)
     return 0
 
 

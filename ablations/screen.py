@@ -26,16 +26,18 @@ from ablations.candidates import CANDIDATES, ROUND_TWO, recipe_of, train_command
 
 def _trained_epochs(folder: Path) -> int:
     from ddpm_core.training.checkpoint import read_metadata
+    from ddpm_core.training.run_folder import RunFolder
 
-    weights = folder / "model.safetensors"
+    weights = RunFolder(folder).weights
     return int(read_metadata(weights)["epoch"]) if weights.is_file() else 0
 
 
 def _parameters(model_config: dict) -> int:
     from ddpm_core.diffusion.schedule import NoiseSchedule
-    from ddpm_core.diffusion.unet import UNet, UNetConfig, count_parameters
+    from ddpm_core.diffusion.unet import UNetConfig, count_parameters
+    from ddpm_core.diffusion.unet_variants import build_unet
 
-    return count_parameters(UNet(UNetConfig.from_dict(model_config), NoiseSchedule().alpha_bars))
+    return count_parameters(build_unet(UNetConfig.from_dict(model_config), NoiseSchedule().alpha_bars))
 
 
 def train_and_describe(name: str, candidate: dict, epochs: int, out: Path, seed: int = 0) -> dict:
@@ -43,15 +45,16 @@ def train_and_describe(name: str, candidate: dict, epochs: int, out: Path, seed:
     if it is done), and describe the run from its checkpoint: the command that trains it with every setting
     spelled out, its losses, its wall time and its parameter count."""
     from ddpm_core.training.checkpoint import read_metadata
+    from ddpm_core.training.run_folder import RunFolder
 
     folder = out / name
     if _trained_epochs(folder) < epochs:
         command = [sys.executable, "-m", "ddpm_core", "train", "--epochs", str(epochs), "--out", str(folder),
                    "--seed", str(seed), "--no-progress", *train_flags(candidate["recipe"])]
-        resume = ["--resume"] if (folder / "resume.pt").is_file() else []
+        resume = ["--resume"] if RunFolder(folder).resumable() else []
         print(f"[{time.strftime('%H:%M:%S')}] training {name}: {shlex.join(command[1:])}", flush=True)
         subprocess.run(command + resume, check=True)
-    meta = read_metadata(folder / "model.safetensors")
+    meta = read_metadata(RunFolder(folder).weights)
     command = train_command(recipe_of(meta["train_config"], meta["model_config"]), epochs, f"{out}/{name}",
                             int(meta["seed"]))
     return describe_run(meta, candidate["what"], command)
@@ -71,16 +74,19 @@ def describe_run(meta: dict, what: str, command: str) -> dict:
     }
 
 
-def score(weights: Path, use_ema: bool, num_samples: int, seed: int, sampler: str, steps: int) -> dict:
+def score(checkpoint: Path, use_ema: bool, num_samples: int, seed: int, sampler: str, steps: int) -> dict:
+    """Score the weights file (or run folder) ``checkpoint`` as the screen scores every candidate."""
     from ddpm_core.measure.evaluation import evaluate_checkpoint
 
-    result = evaluate_checkpoint(weights, num_samples=num_samples, seed=seed, sampler=sampler, steps=steps,
+    result = evaluate_checkpoint(checkpoint, num_samples=num_samples, seed=seed, sampler=sampler, steps=steps,
                                  eta=0.0, use_ema=use_ema, progress=False)
     result["class_counts"] = [int(c) for c in result["class_counts"]]
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ddpm_core.utils.files import store_entry
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/screen"))
@@ -106,12 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                 entry[key] = previous[key]
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] scoring {name} ({key})", flush=True)
-            entry[key] = score(folder / "model.safetensors", use_ema, args.num_samples, args.seed, "ddim", args.steps)
+            entry[key] = score(folder, use_ema, args.num_samples, args.seed, "ddim", args.steps)
             print(f"  Frechet {entry[key]['frechet_distance']:.2f}  confident {entry[key]['confident_fraction']:.3f}"
                   f"  class max/min {entry[key]['class_ratio']:.2f}", flush=True)
-        results[name] = entry
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(results, indent=1) + "\n")
+        store_entry(args.results, name, entry)
     return 0
 
 

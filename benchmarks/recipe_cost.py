@@ -26,8 +26,9 @@ import torch
 
 from ablations.candidates import CANDIDATES, ROUND_TWO
 from benchmarks._common import positive_int, print_table
-from ddpm_core.diffusion.objective import train_step
-from ddpm_core.diffusion.unet import UNet, UNetConfig, count_parameters
+from ddpm_core.diffusion.objective import LabelDropout, train_step
+from ddpm_core.diffusion.unet import UNetConfig, count_parameters
+from ddpm_core.diffusion.unet_variants import build_unet
 from ddpm_core.training.recipe import RecipeHooks, TrainConfig, timestep_weights
 from ddpm_core.utils.device import device_description, keep_freed_memory, resolve_device
 
@@ -45,7 +46,7 @@ class RecipeStep:
                                if k in MODEL_KEYS})
         self.config = TrainConfig(**{k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__})
         self.schedule = self.config.schedule()
-        self.model = UNet(config, self.schedule.alpha_bars).to(device=device, memory_format=torch.channels_last)
+        self.model = build_unet(config, self.schedule.alpha_bars).to(device=device, memory_format=torch.channels_last)
         self.parameters = count_parameters(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=recipe["lr"])
         self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -61,8 +62,9 @@ class RecipeStep:
 
     def __call__(self) -> None:
         x0 = self.pool[self.calls % len(self.pool)]
-        train_step(self.model, self.schedule, self.optimizer, x0, self.generator, self.weights, self.labels,
-                   self.config.p_uncond)
+        model = self.model if self.labels is None else LabelDropout(self.model, self.labels, self.config.p_uncond,
+                                                                    self.generator)
+        train_step(model, self.schedule, self.optimizer, x0, self.generator, self.weights)
         self.calls += 1
 
 

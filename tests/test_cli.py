@@ -76,7 +76,7 @@ def test_evaluate_prints_the_metrics_table_for_a_tiny_run(tmp_path, capsys):
     assert row.startswith("DDPM-20 ") and " 6 " in row  # the ancestral sampler runs all T = 20 steps
     assert main(["evaluate", "--checkpoint", str(tmp_path), "--num-samples", "4", "--sampler", "ddim",
                  "--steps", "5", "--no-progress"]) == 0
-    assert "DDIM-5 eta=0" in capsys.readouterr().out
+    assert "DDIM-5 eta=1" in capsys.readouterr().out  # the registry's DDIM, the one chapter 8 recommends
 
 
 def test_ddim_sampling_from_the_command_line_writes_an_array(tmp_path):
@@ -90,6 +90,27 @@ def test_ddim_sampling_from_the_command_line_writes_an_array(tmp_path):
     assert main(["sample", "--checkpoint", str(tmp_path), "--sampler", "ddim", "--steps", "4", "--eta", "0",
                  "--num-samples", "2", "--out", str(out), "--no-progress"]) == 0
     assert np.load(out).shape == (2, 28, 28)
+
+
+def test_sample_with_ddim_and_no_eta_uses_the_books_eta_of_1(tmp_path, monkeypatch):
+    import dataclasses
+
+    from ddpm_core import TrainConfig, train
+    from ddpm_core.diffusion.samplers import SAMPLERS
+    from tests.helpers import TINY_CONFIG
+
+    train(tmp_path, TrainConfig(epochs=1, batch_size=16, num_steps=20), TINY_CONFIG,
+          images=torch.rand(16, 1, 28, 28) * 2 - 1, device="cpu", progress=False)
+    calls = []
+
+    def recording(model, schedule, num_samples, **options):
+        calls.append(options)
+        return torch.zeros(num_samples, 1, 28, 28), None
+
+    monkeypatch.setitem(SAMPLERS, "ddim", dataclasses.replace(SAMPLERS["ddim"], run=recording))
+    assert main(["sample", "--checkpoint", str(tmp_path), "--sampler", "ddim", "--steps", "50", "--num-samples", "2",
+                 "--out", str(tmp_path / "ddim.npy"), "--no-progress"]) == 0
+    assert calls[0]["steps"] == 50 and calls[0]["eta"] == 1.0
 
 
 def test_eta_outside_zero_one_exits_with_status_2(capsys):

@@ -9,10 +9,12 @@ import torch
 
 from ddpm_core import UNet, UNetConfig
 from ddpm_core.app.cli import main
+from ddpm_core.diffusion.conditioning import guided_eps
 from ddpm_core.diffusion.ddim import ddim_sample
 from ddpm_core.diffusion.objective import drop_labels
-from ddpm_core.diffusion.sampling import guided_eps, sample
+from ddpm_core.diffusion.sampling import sample
 from ddpm_core.diffusion.unet import count_parameters
+from ddpm_core.diffusion.unet_variants import ConditionalUNet, build_unet
 from ddpm_core.training.checkpoint import load_checkpoint, read_metadata
 from ddpm_core.training.loop import train
 from ddpm_core.training.recipe import TrainConfig
@@ -23,25 +25,26 @@ TINY_CONDITIONAL = dataclasses.replace(TINY_CONFIG, num_classes=10)
 QUICK = TrainConfig(epochs=1, batch_size=16, num_steps=20, beta_start=1e-3, beta_end=0.2, lr_decay="constant")
 
 
-def conditional_model(seed: int = 0) -> UNet:
+def conditional_model(seed: int = 0) -> ConditionalUNet:
     torch.manual_seed(seed)
-    return UNet(TINY_CONDITIONAL).eval()
+    return build_unet(TINY_CONDITIONAL).eval()
 
 
 def test_the_class_embedding_adds_one_row_per_class_plus_no_class():
-    unconditional, conditional = UNet(), UNet(UNetConfig(num_classes=10))
+    unconditional, conditional = UNet(), build_unet(UNetConfig(num_classes=10))
     assert count_parameters(unconditional) == 324_705  # the book's network is unchanged
     # 10 digits + "no class" = 11 rows of time_embed_dim = 64 weights each
     assert count_parameters(conditional) - count_parameters(unconditional) == 11 * 64
+    assert isinstance(conditional, ConditionalUNet) and conditional.config == UNetConfig(num_classes=10)
     assert conditional.class_embed.weight.shape == (11, 64) and conditional.null_label == 10
-    assert unconditional.null_label is None and unconditional.class_embed is None
+    assert not hasattr(unconditional, "class_embed") and not hasattr(unconditional, "null_label")
 
 
 def test_a_conditional_network_starts_from_the_unconditional_weights():
     torch.manual_seed(3)
     plain = UNet(TINY_CONFIG).state_dict()
     torch.manual_seed(3)
-    conditional = UNet(TINY_CONDITIONAL).state_dict()
+    conditional = build_unet(TINY_CONDITIONAL).state_dict()
     assert all(torch.equal(plain[k], conditional[k]) for k in plain)
 
 
@@ -53,10 +56,12 @@ def test_labels_change_the_prediction_and_an_unconditional_net_refuses_them():
         model.class_embed.weight.copy_(torch.randn_like(nn_init))
         three, five = model(x, t, torch.full((4,), 3)), model(x, t, torch.full((4,), 5))
     assert (three - five).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="unconditional"):
+    with pytest.raises(TypeError):  # eps_theta(x_t, t) takes no label
         UNet(TINY_CONFIG)(x, t, torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="num_classes"):
-        UNet(dataclasses.replace(TINY_CONFIG, num_classes=0))
+        build_unet(dataclasses.replace(TINY_CONFIG, num_classes=0))
+    with pytest.raises(ValueError, match=r"has no num_classes: .*build_unet\(config\)"):
+        UNet(TINY_CONDITIONAL)  # chapter 3's network has no label embedding
 
 
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])
@@ -276,10 +281,9 @@ def test_the_committed_conditional_model_is_the_book_recipe_with_labels():
 
     metadata = read_metadata(REPO / "book" / "checkpoints" / "ddpm_mnist_conditional.safetensors")
     assert UNetConfig.from_dict(metadata["model_config"]) == UNetConfig(num_classes=10)
-    from ddpm_core.training.recipe import LEGACY_TRAIN_DEFAULTS
-
-    recorded = {**LEGACY_TRAIN_DEFAULTS, **metadata["train_config"]}  # settings added since default as before
-    assert recorded == asdict(TrainConfig())  # the default recipe, p_uncond 0.1, 15 epochs
+    recorded, book = metadata["train_config"], asdict(TrainConfig())
+    assert recorded == {k: book[k] for k in recorded}  # the default recipe, p_uncond 0.1, 15 epochs
+    assert set(book) - set(recorded) == {"precision"}  # its file names no precision: it trained in fp32
     assert metadata["epoch"] == 15 and len(metadata["loss_history"]) == 15
 
 

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ddpm_core import UNet, UNetConfig  # noqa: E402
 from ddpm_core.book.diagram import draw_unet, shape_label, trace_unet  # noqa: E402
+from ddpm_core.diffusion.unet_variants import build_unet  # noqa: E402
 
 # The book's network, stage by stage: the shape of one image out of each, height x width x channels.
 EXPECTED = {
@@ -53,7 +54,7 @@ def test_trace_leaves_no_hook_behind():
 
 
 def test_trace_follows_the_configuration():
-    stages = trace_unet(UNet(UNetConfig(channels=(16, 24), attention=(14,), downsample="conv")))
+    stages = trace_unet(build_unet(UNetConfig(channels=(16, 24), attention=(14,), downsample="conv")))
     assert stages["down_blocks.1"].shape == "14×14×24"
     assert stages["middle"].shape == "14×14×24"
     assert "down_attention.1" in stages and "down_attention.0" not in stages
@@ -100,7 +101,7 @@ def test_the_drawing_fits_the_column_and_its_text_neither_overlaps_nor_leaves_it
 
 
 def test_a_smaller_network_with_attention_is_drawn_too():
-    fig = draw_unet(UNet(UNetConfig(channels=(16, 24), attention=(14,))))
+    fig = draw_unet(build_unet(UNetConfig(channels=(16, 24), attention=(14,))))
     words = " ".join(text.get_text() for text in texts_of(fig))
     assert "down_blocks.1 + attention" in words and "14×14×24" in words
     plt.close(fig)

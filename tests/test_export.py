@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_core import NoiseSchedule, UNet
+from ddpm_core import NoiseSchedule
 from ddpm_core.app.cli import main
 from ddpm_core.app.export import compare_with_torch, export_onnx, initial_noise, onnx_bytes
 from ddpm_core.diffusion.ddim import ddim_sample
 from ddpm_core.diffusion.sampling import sample
+from ddpm_core.diffusion.unet_variants import build_unet
 from ddpm_core.training.checkpoint import load_checkpoint, save_weights
 from ddpm_core.utils.errors import DDPMError
 from ddpm_core.utils.files import sha256_of
@@ -91,7 +92,7 @@ def test_the_command_line_exports_and_refuses_bad_input(tiny_checkpoint, tmp_pat
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00" * 64)
     conditional = tmp_path / "conditional.safetensors"
-    save_weights(conditional, UNet(dataclasses.replace(TINY_CONFIG, num_classes=10)), {"epoch": 1})
+    save_weights(conditional, build_unet(dataclasses.replace(TINY_CONFIG, num_classes=10)), {"epoch": 1})
     cases = [
         (["--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(out)], "No checkpoint at"),
         (["--checkpoint", str(corrupt), "--out", str(out)], "truncated or corrupt"),

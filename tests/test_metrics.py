@@ -9,17 +9,17 @@ import torch
 
 from ddpm_core.diffusion.seeds import Trajectory
 from ddpm_core.measure.classifier import MNISTClassifier, predict_features, predict_logits
+from ddpm_core.measure.corruption import corrupt
 from ddpm_core.measure.metrics import (
     classifier_scores,
-    corrupt,
     evaluate_samples,
-    format_metrics_table,
     frechet_distance,
     inception_score,
     lock_in_timesteps,
     nearest_neighbours,
     random_subset,
 )
+from ddpm_core.measure.tables import format_metrics_table
 from ddpm_core.training.data import load_mnist
 from ddpm_core.utils.errors import DDPMError
 from tests.helpers import needs_mnist

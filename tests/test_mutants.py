@@ -73,7 +73,7 @@ def test_an_unknown_bug_is_named_with_the_known_ones():
 
 
 def test_the_bugs_command_lists_them_and_trains_only_training_bugs(capsys):
-    from ddpm_core.book.bugs import main
+    from ddpm_core.book.bugs_cli import main
 
     assert main([]) == 0
     listed = capsys.readouterr().out

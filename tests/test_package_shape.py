@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "ddpm_core"
@@ -27,7 +27,7 @@ def layers_contract() -> dict:
 
 def test_every_module_lives_in_a_layer_folder_that_the_layers_contract_names():
     contract = layers_contract()
-    named = {name.strip() for layer in contract["layers"] for name in layer.split("|")}
+    named = {name.strip() for entry in contract["layers"] for name in entry.split("|")}
     assert contract["exhaustive"] is True
     for path in modules():
         relative = path.relative_to(PACKAGE)
@@ -38,7 +38,7 @@ def test_every_module_lives_in_a_layer_folder_that_the_layers_contract_names():
 
 
 def test_every_layer_folder_says_what_it_holds_and_what_it_may_import():
-    for layer in {name.strip() for layer in layers_contract()["layers"] for name in layer.split("|")}:
+    for layer in {name.strip() for entry in layers_contract()["layers"] for name in entry.split("|")}:
         doc = ast.get_docstring(ast.parse((PACKAGE / layer / "__init__.py").read_text(encoding="utf-8")))
         assert doc and "May import" in doc, f"ddpm_core/{layer}/__init__.py needs a docstring with 'May import'"
         for module in (PACKAGE / layer).glob("*.py"):

@@ -200,12 +200,14 @@ def test_every_stored_set_was_made_from_the_committed_checkpoint_with_todays_def
 
 
 def test_the_command_lists_the_sets_and_generates_the_named_ones(store, capsys):
-    assert sample_sets.main([]) == 0
+    from ddpm_core.book.sample_sets_cli import main
+
+    assert main([]) == 0
     assert "tiny" in capsys.readouterr().out.split("\n")[-2]  # the last set, registered last
     assert sample_sets.status("tiny") == "missing"
-    assert sample_sets.main(["tiny"]) == 0
+    assert main(["tiny"]) == 0
     assert sample_sets.status("tiny") == "stored"
-    assert sample_sets.main(["tiny", "ddpm999"]) == 2  # refused before anything is generated
+    assert main(["tiny", "ddpm999"]) == 2  # refused before anything is generated
     assert "no sample set called 'ddpm999'" in capsys.readouterr().out
 
 

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ddpm_core.utils.files import store_entry
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "book" / "results" / "chapter_times.json"
 README = REPO / "README.md"
@@ -127,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.chapters or chapters():
         entry = run_chapter(clone, name, args.limit)
         stored["chapters"][name] = entry | {"commit": commit}
+        store_entry(RESULTS, "chapters", stored["chapters"])
         print(f"{name}: {entry['seconds'] / 60:.1f} min" + ("" if entry["finished"] else " (stopped)"), flush=True)
     stored |= {"machine": name_of_machine, "threads": threads, "measured_on": datetime.date.today().isoformat()}
-    RESULTS.write_text(json.dumps(stored, indent=1) + "\n")
+    for key in ("machine", "threads", "measured_on"):
+        store_entry(RESULTS, key, stored[key])
     README.write_text(readme_with(README.read_text(), table(stored)))
     return 0 if all(entry["finished"] for entry in stored["chapters"].values()) else 1
 

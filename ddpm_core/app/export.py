@@ -24,6 +24,7 @@ import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -152,9 +153,22 @@ def export_onnx(
             f"ONNX Runtime and PyTorch disagree by {difference:.2e} (more than {tolerance:g}) on the exported "
             f"graph of {loaded.path}; nothing was written. Check the onnx and onnxruntime versions."
         )
-    meta = {
+    meta = export_metadata(loaded, use_ema, out.name, graph, difference, tolerance)
+    json_path = out.with_suffix(".json")
+    write_bytes(out, graph)
+    write_bytes(json_path, (json.dumps(meta, indent=1) + "\n").encode())
+    return ExportReport(out, json_path, difference, CHECK_BATCHES, CHECK_TIMESTEPS, len(graph))
+
+
+def export_metadata(loaded: LoadedModel, use_ema: bool, onnx_name: str, graph: bytes, difference: float,
+                    tolerance: float) -> dict[str, Any]:
+    """The ``.json`` beside an exported graph: its inputs and output, the schedule's arrays, the weights it came
+    from, and the check against PyTorch that it passed."""
+    config = loaded.model.config
+    image_shape = (config.image_channels, 28, 28)
+    return {
         "format": FORMAT,
-        "onnx": out.name,
+        "onnx": onnx_name,
         "inputs": {"x": ["batch", *image_shape], "t": ["batch"]},
         "output": "eps",
         "image_shape": list(image_shape),
@@ -177,10 +191,6 @@ def export_onnx(
         "opset": OPSET,
         "torch": torch.__version__,
     }
-    json_path = out.with_suffix(".json")
-    write_bytes(out, graph)
-    write_bytes(json_path, (json.dumps(meta, indent=1) + "\n").encode())
-    return ExportReport(out, json_path, difference, CHECK_BATCHES, CHECK_TIMESTEPS, len(graph))
 
 
 def write_seed_noise(seeds: list[int], out: str | Path, image_shape: tuple[int, ...] = (1, 28, 28)) -> Path:

@@ -83,10 +83,14 @@ _FULL_SIZE_CLAIMS: set[str] = set()  # claims held only at the book's full sampl
 
 
 def chapter_setup(dpi: int = 100) -> Chapter:
-    """The set-up every chapter repeats: its paths, its mode and matplotlib's resolution (``dpi``)."""
+    """The set-up every chapter repeats: its paths, its mode and matplotlib's resolution (``dpi``), and the CPU's
+    allocator set to keep freed memory, as the samplers of the chapters run faster with it (``keep_freed_memory``)."""
     import matplotlib.pyplot as plt
 
+    from ddpm_core.utils.device import keep_freed_memory
+
     plt.rcParams["figure.dpi"] = dpi
+    keep_freed_memory()
     return Chapter(quick=quick_mode(), repo=REPO, model=REPO / BOOK_MODEL, reference_model=REPO / REFERENCE_MODEL,
                    conditional_model=REPO / CONDITIONAL_MODEL)
 

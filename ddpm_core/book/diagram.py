@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ddpm_core.diffusion.unet import Downsample, ResidualBlock, SelfAttention, UNet, Upsample
+from ddpm_core.diffusion.unet import Downsample, ResidualBlock, UNet, Upsample
+from ddpm_core.diffusion.unet_variants import SelfAttention
 
 if TYPE_CHECKING:
     import matplotlib.axes
@@ -103,89 +104,108 @@ def draw_unet(model: UNet | None = None, ax: matplotlib.axes.Axes | None = None)
     import matplotlib.pyplot as plt
 
     model = model if model is not None else UNet()
-    stages = trace_unet(model)
     levels = len(model.down_blocks)
-    top = levels + 1.0  # the row of x_t and eps, above the first level
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.88, 0.8 * (levels + 2.6)))
     else:
         fig = ax.figure
-
-    def row(level: int) -> float:  # level 0 (28x28) at the top, the middle block at 0
-        return float(levels - level)
-
-    def box(x: float, y: float, name: str, shape: str, colour: str, width: float = BOX_WIDTH) -> None:
-        ax.add_patch(plt.Rectangle((x - width / 2, y - BOX_HEIGHT / 2), width, BOX_HEIGHT, facecolor=colour,
-                                   edgecolor=DATA, linewidth=0.8, zorder=2))
-        ax.text(x, y + 0.1, name, ha="center", va="center", fontsize=8, color="#444444", zorder=3)
-        ax.text(x, y - 0.12, shape, ha="center", va="center", fontsize=10, fontweight="bold", zorder=3)
-
-    def arrow(start: tuple[float, float], end: tuple[float, float], colour: str = DATA, style: str = "-",
-              width: float = 1.2) -> None:
-        ax.annotate("", xy=end, xytext=start, zorder=1,
-                    arrowprops={"arrowstyle": "-|>", "color": colour, "lw": width, "linestyle": style,
-                                "shrinkA": 0, "shrinkB": 0, "mutation_scale": 10})
-
-    def note(x: float, y: float, text: str, ha: str, colour: str = DATA) -> None:
-        ax.text(x, y, text, ha=ha, va="center", fontsize=8, color=colour, zorder=3)
-
-    def block_name(name: str, attention: str) -> str:
-        return f"{name} + attention" if attention in stages else name
-
-    half = BOX_HEIGHT / 2
-    # Input and output, and the convolutions that lift the image to the first width and back.
-    box(DOWN_X, top, "input $x_t$", shape_label(stages["conv_in"].input_shape), ENDS)
-    box(UP_X, top, r"output $\epsilon_\theta(x_t, t)$", stages["conv_out"].shape, ENDS)
-    arrow((DOWN_X, top - half), (DOWN_X, row(0) + half))
-    note(DOWN_X + 0.15, (top + row(0)) / 2, f"conv_in → {stages['conv_in'].shape}", "left")
-    arrow((UP_X, row(0) + half), (UP_X, top - half))
-    note(UP_X - 0.15, (top + row(0)) / 2, f"norm, SiLU, conv_out → {stages['conv_out'].shape}", "right")
-
+    drawing = _Drawing(ax, model, trace_unet(model))
+    drawing.ends()
     for level in range(levels):
-        y = row(level)
-        down = stages[f"down_blocks.{level}"]
-        up_index = levels - 1 - level  # the up block that reads this level's skip
-        up = stages[f"up_blocks.{up_index}"]
-        box(DOWN_X, y, block_name(down.name, f"down_attention.{level}"), down.shape, BLOCK)
-        skip_channels = down.output_shape[0]
-        from_below = up.input_shape[0] - skip_channels
-        box(UP_X, y, block_name(up.name, f"up_attention.{up_index}") + f" ({from_below} + {skip_channels} in)",
-            up.shape, BLOCK)
-        # The skip connection: this level's output, concatenated to what the up block gets from below.
-        arrow((DOWN_X + BOX_WIDTH / 2, y), (UP_X - BOX_WIDTH / 2, y), SKIP, "--")
-        note(MIDDLE_X, y + 0.13, f"skip {down.shape}", "center", SKIP)
-        if level < levels - 1:  # the resolution halves on the way down and doubles on the way up
-            below = row(level + 1)
-            halve = stages[f"downsamples.{level}"]
-            kind = "max-pool" if model.config.downsample == "maxpool" else "strided conv"
-            arrow((DOWN_X, y - half), (DOWN_X, below + half))
-            note(DOWN_X + 0.15, (y + below) / 2, f"{kind} → {halve.shape}", "left")
-            double = stages[f"upsamples.{up_index - 1}"]
-            arrow((UP_X, below + half), (UP_X, y - half))
-            note(UP_X - 0.15, (y + below) / 2, f"up-conv → {double.shape}", "right")
-
-    middle = stages["middle"]
-    box(MIDDLE_X, 0.0, "middle", middle.shape, MIDDLE)
-    deepest = row(levels - 1)
-    arrow((DOWN_X, deepest - half), (MIDDLE_X - BOX_WIDTH / 2, 0.0))
-    arrow((MIDDLE_X + BOX_WIDTH / 2, 0.0), (UP_X, deepest - half))
-
-    # The time embedding enters every residual block: down the sides, and up into the middle block.
-    bus = -1.05
-    time = stages["time_embed"]
-    label = "class + " if model.class_embed is not None else ""
-    box(MIDDLE_X, bus, f"{label}time embedding of t", f"{model.config.time_freq_dim} sin/cos → MLP → {time.shape}",
-        TIME_BOX, width=3.4)
-    arrow((MIDDLE_X, bus + half), (MIDDLE_X, -half), TIME, width=1.0)
-    for side, x_bus, x_box in ((-1, BUS_LEFT, DOWN_X - BOX_WIDTH / 2), (1, BUS_RIGHT, UP_X + BOX_WIDTH / 2)):
-        ax.plot([MIDDLE_X + side * 1.7, x_bus, x_bus], [bus, bus, row(0)], color=TIME, lw=1.0, zorder=1)
-        for level in range(levels):
-            arrow((x_bus, row(level)), (x_box, row(level)), TIME, width=1.0)
-    note(BUS_LEFT - 0.12, (row(0) + bus) / 2, "t into every residual block", "center", TIME)
-    ax.texts[-1].set_rotation(90)
-
+        drawing.level(level)
+    drawing.middle()
+    bus = drawing.time_embedding()
     ax.set_xlim(0, 10)
-    ax.set_ylim(bus - 0.45, top + 0.4)
+    ax.set_ylim(bus - 0.45, drawing.top + 0.4)
     ax.axis("off")
     fig.tight_layout(pad=0.2)
     return fig
+
+
+class _Drawing:
+    """The U on one set of axes: level 0 (28x28) at the top, the middle block at y = 0, x_t and eps above."""
+
+    def __init__(self, ax: matplotlib.axes.Axes, model: UNet, stages: dict[str, Stage]) -> None:
+        self.ax, self.model, self.stages = ax, model, stages
+        self.levels = len(model.down_blocks)
+        self.top = self.levels + 1.0  # the row of x_t and eps, above the first level
+
+    def row(self, level: int) -> float:
+        return float(self.levels - level)
+
+    def box(self, x: float, y: float, name: str, shape: str, colour: str, width: float = BOX_WIDTH) -> None:
+        import matplotlib.pyplot as plt
+
+        self.ax.add_patch(plt.Rectangle((x - width / 2, y - BOX_HEIGHT / 2), width, BOX_HEIGHT, facecolor=colour,
+                                        edgecolor=DATA, linewidth=0.8, zorder=2))
+        self.ax.text(x, y + 0.1, name, ha="center", va="center", fontsize=8, color="#444444", zorder=3)
+        self.ax.text(x, y - 0.12, shape, ha="center", va="center", fontsize=10, fontweight="bold", zorder=3)
+
+    def arrow(self, start: tuple[float, float], end: tuple[float, float], colour: str = DATA, style: str = "-",
+              width: float = 1.2) -> None:
+        self.ax.annotate("", xy=end, xytext=start, zorder=1,
+                         arrowprops={"arrowstyle": "-|>", "color": colour, "lw": width, "linestyle": style,
+                                     "shrinkA": 0, "shrinkB": 0, "mutation_scale": 10})
+
+    def note(self, x: float, y: float, text: str, ha: str, colour: str = DATA) -> None:
+        self.ax.text(x, y, text, ha=ha, va="center", fontsize=8, color=colour, zorder=3)
+
+    def block_name(self, name: str, attention: str) -> str:
+        return f"{name} + attention" if attention in self.stages else name
+
+    def ends(self) -> None:
+        """Input and output, and the convolutions that lift the image to the first width and back."""
+        stages, top, half = self.stages, self.top, BOX_HEIGHT / 2
+        self.box(DOWN_X, top, "input $x_t$", shape_label(stages["conv_in"].input_shape), ENDS)
+        self.box(UP_X, top, r"output $\epsilon_\theta(x_t, t)$", stages["conv_out"].shape, ENDS)
+        self.arrow((DOWN_X, top - half), (DOWN_X, self.row(0) + half))
+        self.note(DOWN_X + 0.15, (top + self.row(0)) / 2, f"conv_in → {stages['conv_in'].shape}", "left")
+        self.arrow((UP_X, self.row(0) + half), (UP_X, top - half))
+        self.note(UP_X - 0.15, (top + self.row(0)) / 2, f"norm, SiLU, conv_out → {stages['conv_out'].shape}", "right")
+
+    def level(self, level: int) -> None:
+        """One resolution: its down and up blocks, the skip between them, and the way to the level below."""
+        y, half, levels = self.row(level), BOX_HEIGHT / 2, self.levels
+        down = self.stages[f"down_blocks.{level}"]
+        up_index = levels - 1 - level  # the up block that reads this level's skip
+        up = self.stages[f"up_blocks.{up_index}"]
+        self.box(DOWN_X, y, self.block_name(down.name, f"down_attention.{level}"), down.shape, BLOCK)
+        skip_channels = down.output_shape[0]
+        from_below = up.input_shape[0] - skip_channels
+        self.box(UP_X, y, self.block_name(up.name, f"up_attention.{up_index}")
+                 + f" ({from_below} + {skip_channels} in)", up.shape, BLOCK)
+        # The skip connection: this level's output, concatenated to what the up block gets from below.
+        self.arrow((DOWN_X + BOX_WIDTH / 2, y), (UP_X - BOX_WIDTH / 2, y), SKIP, "--")
+        self.note(MIDDLE_X, y + 0.13, f"skip {down.shape}", "center", SKIP)
+        if level < levels - 1:  # the resolution halves on the way down and doubles on the way up
+            below = self.row(level + 1)
+            halve = self.stages[f"downsamples.{level}"]
+            kind = "max-pool" if self.model.config.downsample == "maxpool" else "strided conv"
+            self.arrow((DOWN_X, y - half), (DOWN_X, below + half))
+            self.note(DOWN_X + 0.15, (y + below) / 2, f"{kind} → {halve.shape}", "left")
+            double = self.stages[f"upsamples.{up_index - 1}"]
+            self.arrow((UP_X, below + half), (UP_X, y - half))
+            self.note(UP_X - 0.15, (y + below) / 2, f"up-conv → {double.shape}", "right")
+
+    def middle(self) -> None:
+        """The middle block at the bottom of the U, between the deepest down and up blocks."""
+        half, deepest = BOX_HEIGHT / 2, self.row(self.levels - 1)
+        self.box(MIDDLE_X, 0.0, "middle", self.stages["middle"].shape, MIDDLE)
+        self.arrow((DOWN_X, deepest - half), (MIDDLE_X - BOX_WIDTH / 2, 0.0))
+        self.arrow((MIDDLE_X + BOX_WIDTH / 2, 0.0), (UP_X, deepest - half))
+
+    def time_embedding(self) -> float:
+        """The time embedding, entering every residual block: down the sides, and up into the middle block.
+        Returns the height of its box, the lowest row of the drawing."""
+        bus, half, time = -1.05, BOX_HEIGHT / 2, self.stages["time_embed"]
+        label = "class + " if getattr(self.model, "class_embed", None) is not None else ""  # a conditional UNet
+        self.box(MIDDLE_X, bus, f"{label}time embedding of t",
+                 f"{self.model.config.time_freq_dim} sin/cos → MLP → {time.shape}", TIME_BOX, width=3.4)
+        self.arrow((MIDDLE_X, bus + half), (MIDDLE_X, -half), TIME, width=1.0)
+        for side, x_bus, x_box in ((-1, BUS_LEFT, DOWN_X - BOX_WIDTH / 2), (1, BUS_RIGHT, UP_X + BOX_WIDTH / 2)):
+            self.ax.plot([MIDDLE_X + side * 1.7, x_bus, x_bus], [bus, bus, self.row(0)], color=TIME, lw=1.0, zorder=1)
+            for level in range(self.levels):
+                self.arrow((x_bus, self.row(level)), (x_box, self.row(level)), TIME, width=1.0)
+        self.note(BUS_LEFT - 0.12, (self.row(0) + bus) / 2, "t into every residual block", "center", TIME)
+        self.ax.texts[-1].set_rotation(90)
+        return bus

@@ -16,6 +16,8 @@ Three modes:
 - quick mode (``DDPM_QUICK=1``, the tests) generates a few samples of each set into the scratch
   folder and never touches ``book/samples/``.
 
+``python -m ddpm_core.book.sample_sets_cli`` lists the sets and their state, and generates chosen ones.
+
 A set that captures its trajectory keeps, per captured timestep, the judge's reading of the
 predicted x_0 of every sample (``SampleRecord.readings``), which is what the chapters measure
 about trajectories, instead of the images themselves.
@@ -35,6 +37,9 @@ import torch
 from torch import Tensor
 
 from ddpm_core.book.chapter import BOOK_MODEL, CONDITIONAL_MODEL, REFERENCE_MODEL, REPO, output_dir, quick_mode
+from ddpm_core.diffusion.conditioning import MNIST_CLASSES, class_cycle, class_rows
+from ddpm_core.diffusion.samplers import sampler_named
+from ddpm_core.training.run_folder import RunFolder
 from ddpm_core.utils.errors import DDPMError
 from ddpm_core.utils.files import atomic_write, sha256_of
 from ddpm_core.utils.images import from_uint8, to_uint8
@@ -67,6 +72,8 @@ class SampleSet:
     ema: bool = False
     seed: int = 0
     sampler: str = "ddpm"
+    # Every setting is part of a stored set's definition, a DDPM set's steps and eta too, so these defaults
+    # are fixed: a DDIM set names its eta rather than taking the sampler's default.
     steps: int = 50
     eta: float = 0.0
     variance: str = "beta"
@@ -79,6 +86,12 @@ class SampleSet:
     def in_quick_mode(self) -> SampleSet:
         return replace(self, **({"num_samples": 16} | self.quick), quick={})
 
+    def sampler_options(self) -> dict[str, Any]:
+        """The settings of this set that its sampler takes (``ddpm_core.diffusion.samplers``): DDIM's steps and
+        eta, say, but not the variance of the ancestral step."""
+        settings = asdict(self)
+        return {key: settings[key] for key in sampler_named(self.sampler).defaults if key in settings}
+
     def definition(self) -> dict[str, Any]:
         """Everything that decides the samples, as stored beside them (``what`` and ``quick`` do not)."""
         settings = asdict(self)
@@ -90,13 +103,12 @@ class SampleSet:
 
     def requested(self) -> Tensor | None:
         """The digit each sample asks for, (N,), or None for an unconditional set."""
-        n = self.num_samples
         if self.labels is None:
             return None
         if self.labels == "cycle":
-            return torch.arange(n) % 10
+            return class_cycle(MNIST_CLASSES, self.num_samples)
         if self.labels == "rows":
-            return torch.arange(10).repeat_interleave(n // 10)
+            return class_rows(MNIST_CLASSES, self.num_samples)
         raise DDPMError(f"labels must be None, 'cycle' or 'rows', got {self.labels!r}.")
 
 
@@ -136,7 +148,7 @@ def _sets() -> dict[str, SampleSet]:
         "ddpm1000_256": SampleSet("the book's model, DDPM-1000, seeds 0-255, timed as one run", 256,
                                   quick={"num_samples": 16}),
         "unconditional_ddim100": SampleSet("the book's model, DDIM-100, seeds 0-499", 500, sampler="ddim",
-                                           steps=100, quick={"num_samples": 20, "steps": 10}),
+                                           steps=100, eta=0.0, quick={"num_samples": 20, "steps": 10}),
         "guidance_grid": SampleSet("the conditional model, DDPM-1000, row d asks for digit d, seeds 10000-10079",
                                    80, checkpoint=CONDITIONAL_MODEL, seed=10_000, labels="rows", guidance=2.0,
                                    quick={"num_samples": 40, "sampler": "ddim", "steps": 10}),
@@ -164,18 +176,18 @@ def _sets() -> dict[str, SampleSet]:
     for w in (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0):
         sets[f"guidance_w{w:g}"] = SampleSet(
             f"the conditional model, DDIM-100, guidance w = {w:g}, sample i asks for i mod 10, seeds 0-499", 500,
-            checkpoint=CONDITIONAL_MODEL, sampler="ddim", steps=100, labels="cycle", guidance=w,
+            checkpoint=CONDITIONAL_MODEL, sampler="ddim", steps=100, eta=0.0, labels="cycle", guidance=w,
             quick={"num_samples": 20, "steps": 10})
     sets["guidance_w3_ema"] = SampleSet(
         "the conditional model's EMA weights, DDIM-100, guidance w = 3, sample i asks for i mod 10, seeds 0-499", 500,
-        checkpoint=CONDITIONAL_MODEL, ema=True, sampler="ddim", steps=100, labels="cycle", guidance=3.0,
+        checkpoint=CONDITIONAL_MODEL, ema=True, sampler="ddim", steps=100, eta=0.0, labels="cycle", guidance=3.0,
         quick={"num_samples": 20, "steps": 10})
     return sets
 
 
 def _bug_sets() -> dict[str, SampleSet]:
     """The samples of the chapter on bugs: the book's models sampled with a sampling bug, and short runs trained
-    with a training bug (``python -m ddpm_core.book.bugs train``) or without one."""
+    with a training bug (``python -m ddpm_core.book.bugs_cli train``) or without one."""
     from ddpm_core.book.bugs import BUGS, CORRECT, training_run
 
     sets = {}
@@ -184,7 +196,7 @@ def _bug_sets() -> dict[str, SampleSet]:
         if bug.stage == "sampling" and bug.name.startswith("guidance"):
             sets[key] = SampleSet(f"the conditional model, DDIM-100, guidance w = 2 with the bug {bug.name}, sample "
                                   f"i asks for i mod 10, seeds 0-255", 256, checkpoint=CONDITIONAL_MODEL,
-                                  sampler="ddim", steps=100, labels="cycle", guidance=2.0, bug=bug.name,
+                                  sampler="ddim", steps=100, eta=0.0, labels="cycle", guidance=2.0, bug=bug.name,
                                   quick={"num_samples": 20, "steps": 10})
         elif bug.stage == "sampling":
             sets[key] = SampleSet(f"the book's model, DDPM-1000 with the bug {bug.name}, seeds 0-255", 256,
@@ -193,7 +205,7 @@ def _bug_sets() -> dict[str, SampleSet]:
         trained = "without a bug" if name == CORRECT else f"with the bug {name}"
         sets["two_epochs_" + name.replace("-", "_")] = SampleSet(
             f"two epochs of the book's recipe {trained}, DDPM-1000, seeds 0-255", 256,
-            checkpoint=f"{training_run(name)}/model.safetensors", bug=None if name == CORRECT else name,
+            checkpoint=RunFolder(training_run(name)).weights.as_posix(), bug=None if name == CORRECT else name,
             quick={"num_samples": 4})
     return sets
 
@@ -247,8 +259,8 @@ def load_samples(name: str, progress: bool = True, **changes: Any) -> SampleReco
             f"The sample set {name!r} ({spec.what}) is not stored in {path.parent}, and the checkpoint "
             f"it is generated from, {checkpoint}, is missing. "
             + ("Run `make train` to write the epoch checkpoints. " if EPOCHS_FOLDER in spec.checkpoint else "")
-            + ("Run `python -m ddpm_core.book.bugs train` to train the short runs. " if "runs/bugs/" in spec.checkpoint
-               else "")
+            + ("Run `python -m ddpm_core.book.bugs_cli train` to train the short runs. "
+               if "runs/bugs/" in spec.checkpoint else "")
             + "A fresh clone of the book stores every set; `git checkout book/samples` restores them."
         )
     record = generate_set(spec, checkpoint, progress=progress)
@@ -280,9 +292,8 @@ def generate_set(spec: SampleSet, checkpoint: Path, progress: bool = True) -> Sa
         capture = list(range(num_steps, -1, -10)) if spec.sampler == "ddpm" else ddim_timesteps(num_steps,
                                                                                                   spec.steps) + [0]
     requested = spec.requested()
-    generated = generate(loaded, spec.num_samples, seed=spec.seed, sampler=spec.sampler, steps=spec.steps,
-                         eta=spec.eta, capture=capture, progress=progress, variance=spec.variance,
-                         labels=requested, guidance=spec.guidance)
+    generated = generate(loaded, spec.num_samples, spec.seed, spec.sampler, progress, capture=capture,
+                         labels=requested, guidance=spec.guidance, **spec.sampler_options())
     metadata = read_metadata(checkpoint)
     trained = {"epoch": metadata.get("epoch"), "loss_history": metadata.get("loss_history")}
     record = SampleRecord(generated.samples, generated.seconds, generated.threads, requested, trained=trained)
@@ -302,7 +313,7 @@ def _generate_with_bug(spec: SampleSet, checkpoint: Path) -> SampleRecord:
     with copy_with(bug(spec.bug)) as root:
         into = root / "scratch" / "with_bug.npz"
         settings = {key: value for key, value in asdict(spec).items() if key not in ("bug", "quick")}
-        command = [sys.executable, "-m", "ddpm_core.book.sample_sets", "--settings", json.dumps(settings),
+        command = [sys.executable, "-m", "ddpm_core.book.sample_sets_cli", "--settings", json.dumps(settings),
                    "--checkpoint", str(checkpoint.resolve()), "--into", str(into)]
         done = subprocess.run(command, cwd=root, env=env_of(root))
         if done.returncode != 0 or not into.exists():
@@ -359,45 +370,3 @@ def status(name: str) -> str:
     if checkpoint.exists() and meta["checkpoint_sha256"] != sha256_of(checkpoint):
         return "another checkpoint"
     return "stored"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ddpm_core.book.sample_sets``: list the sets and their state; with names (or ``all``), generate
-    those that are missing or out of date (``--force``: every one named)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m ddpm_core.book.sample_sets", description=main.__doc__)
-    parser.add_argument("names", nargs="*", help="sets to generate, or 'all'")
-    parser.add_argument("--force", action="store_true", help="generate even the sets that are up to date")
-    parser.add_argument("--settings", help=argparse.SUPPRESS)  # one set, as JSON, ...
-    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)  # ... from this checkpoint ...
-    parser.add_argument("--into", help=argparse.SUPPRESS)  # ... stored in this file (how a bug's copy is run)
-    args = parser.parse_args(argv)
-    if args.settings:
-        spec = SampleSet(**json.loads(args.settings))
-        write_record(Path(args.into), generate_set(spec, Path(args.checkpoint)), spec, sha256_of(args.checkpoint))
-        return 0
-    if not args.names:
-        for name, spec in SAMPLE_SETS.items():
-            print(f"{name:<30} {status(name):<18} {spec.what}")
-        return 0
-    names = list(SAMPLE_SETS) if args.names == ["all"] else args.names
-    try:
-        for name in names:
-            sample_set(name)  # refuses an unknown name before anything is generated
-        for name in names:
-            if args.force or status(name) != "stored":
-                spec = SAMPLE_SETS[name]
-                print(f"{name}: {spec.what}", flush=True)
-                record = generate_set(spec, REPO / spec.checkpoint)
-                write_record(STORE / f"{name}.npz", record, spec, sha256_of(REPO / spec.checkpoint))
-                print(f"  {len(record.samples)} samples in {record.seconds:.0f} s, stored in book/samples/{name}.npz",
-                      flush=True)
-    except DDPMError as error:
-        print(f"error: {error}")
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -33,14 +33,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ddpm_core.training.checkpoint import (
-    CLASSIFIER_FORMAT,
-    WEIGHT_DTYPES,
-    SafetensorsHeader,
-    describe_file_type,
-    describe_folder,
-    read_safetensors_header,
-)
+from ddpm_core.training.checkpoint_metadata import CLASSIFIER_FORMAT
+from ddpm_core.training.describe import describe_file_type, describe_folder
+from ddpm_core.training.safetensors_guard import WEIGHT_DTYPES, SafetensorsHeader, read_safetensors_header
 from ddpm_core.utils.errors import DDPMError
 from ddpm_core.utils.files import parse_json
 

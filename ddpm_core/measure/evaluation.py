@@ -1,7 +1,11 @@
 """Measuring a trained model: generate samples, then score them with the MNIST judge.
 
-The same functions back ``python -m ddpm_core evaluate`` and the book's quality and
-fast-sampling chapters, so a number in the book is a number the command prints.
+    generate             a timed sampling run from a loaded checkpoint, with any sampler
+    evaluate_checkpoint  sample from a checkpoint and measure the samples (``python -m ddpm_core evaluate``)
+    loss_by_timestep     the held-out training loss at chosen timesteps
+
+The sample sets of the book's chapters are generated with the same ``generate``, so a number in
+the book is a number the command prints for the same sampler and seeds.
 """
 
 from __future__ import annotations
@@ -14,17 +18,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddpm_core.diffusion.conditioning import COMMAND_LINE, Labels, sampling_labels
-from ddpm_core.diffusion.ddim import ddim_sample
-from ddpm_core.diffusion.dpm_solver import dpm_solver_sample
-from ddpm_core.diffusion.sampling import sample
+from ddpm_core.diffusion.conditioning import COMMAND_LINE, every_class, sampling_labels
+from ddpm_core.diffusion.samplers import DEFAULT_SAMPLER, check_options
+from ddpm_core.diffusion.samplers import generate as run_sampler
 from ddpm_core.diffusion.seeds import Trajectory
 from ddpm_core.measure.classifier import load_classifier
 from ddpm_core.measure.metrics import conditional_scores, evaluate_samples
-from ddpm_core.training.checkpoint import LoadedModel, check_finite_samples, load_checkpoint
+from ddpm_core.training.checkpoint import LoadedModel, load_checkpoint
 from ddpm_core.training.data import load_mnist
-from ddpm_core.utils.arguments import SAMPLERS
-from ddpm_core.utils.device import resolve_device
+from ddpm_core.training.finite_samples import check_finite_samples
+from ddpm_core.utils.device import keep_freed_memory, resolve_device
 from ddpm_core.utils.errors import DDPMError
 
 
@@ -43,106 +46,74 @@ def generate(
     loaded: LoadedModel,
     num_samples: int,
     seed: int = 0,
-    sampler: str = "ddpm",
-    steps: int = 50,
-    eta: float = 0.0,
-    capture: list[int] | None = None,
+    sampler: str = DEFAULT_SAMPLER,
     progress: bool = True,
-    variance: str = "beta",
-    labels: Labels = None,
-    guidance: float = 1.0,
+    **options: Any,
 ) -> Generated:
-    """Sample ``num_samples`` images (seeds ``seed``..``seed + N - 1``) and time it.
+    """Sample ``num_samples`` images (seeds ``seed``..``seed + N - 1``) from a loaded checkpoint, and time it.
 
-    ``sampler`` is "ddpm" (the 1000-step ancestral sampler, sigma_t^2 = beta_t, or the
-    posterior variance with ``variance="posterior"``), "ddim" (``steps`` steps,
-    stochasticity ``eta``) or "dpm" (DPM-Solver++(2M), ``steps`` steps). A conditional
-    model takes ``labels`` and ``guidance`` as the samplers do.
+    ``sampler`` and ``options`` are those of ``ddpm_core.diffusion.samplers.generate``: the sampler's
+    own options (steps, eta, variance, ...; each not given takes the sampler's default), ``capture``,
+    and ``labels`` and ``guidance`` for a conditional model.
     """
-    if sampler not in SAMPLERS:
-        raise DDPMError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+    if next(loaded.model.parameters()).device.type == "cpu":
+        keep_freed_memory()  # a quarter of each CPU step is page faults otherwise
     started = time.perf_counter()
-    if sampler == "ddpm":
-        images, trajectory = sample(loaded.model, loaded.schedule, num_samples=num_samples, seed=seed,
-                                    variance=variance, capture=capture, progress=progress, labels=labels,
-                                    guidance=guidance)
-    elif sampler == "dpm":
-        images, trajectory = dpm_solver_sample(loaded.model, loaded.schedule, num_samples=num_samples, seed=seed,
-                                               steps=steps, capture=capture, progress=progress, labels=labels,
-                                               guidance=guidance)
-    else:
-        images, trajectory = ddim_sample(loaded.model, loaded.schedule, num_samples=num_samples, seed=seed,
-                                         steps=steps, eta=eta, capture=capture, progress=progress, labels=labels,
-                                         guidance=guidance)
+    images, trajectory = run_sampler(loaded.model, loaded.schedule, sampler, num_samples=num_samples, seed=seed,
+                                     progress=progress, **options)
     return Generated(images, trajectory, time.perf_counter() - started, torch.get_num_threads())
-
-
-def generate_record(loaded: LoadedModel, num_samples: int, **options: Any) -> dict[str, Tensor]:
-    """``generate`` (same options) as a dict of tensors, the form the book stores with
-    ``ddpm_core.book.chapter.cached``: "samples", "seconds" and the CPU "threads" torch used for them
-    (the wall time depends on it), and with ``capture`` also the captured "timesteps" and the
-    predicted x_0 at each of them, "x0_pred"."""
-    run = generate(loaded, num_samples, progress=False, **options)
-    record = {"samples": run.samples, "seconds": torch.tensor(run.seconds), "threads": torch.tensor(run.threads)}
-    if run.trajectory is not None:
-        record["timesteps"] = torch.tensor(run.trajectory.timesteps)
-        record["x0_pred"] = run.trajectory.x0_pred
-    return record
 
 
 def evaluate_checkpoint(
     checkpoint: str | Path,
     num_samples: int = 1000,
     seed: int = 0,
-    sampler: str = "ddpm",
-    steps: int = 50,
-    eta: float = 0.0,
+    sampler: str = DEFAULT_SAMPLER,
     use_ema: bool = False,
     device: str = "auto",
     classifier_path: str | Path | None = None,
     progress: bool = True,
     guidance: float | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Generate from ``checkpoint`` and return every metric of ``metrics.evaluate_samples``,
-    plus the sampler's name and the sampling wall time in seconds.
+    plus the run's name (the sampler and its options) and the sampling wall time in seconds.
 
-    A conditional checkpoint is asked for every class in turn (sample i, seed ``seed + i``, for
-    class i mod 10) with classifier-free guidance ``guidance`` (default 1), and the result adds
-    the metrics of ``metrics.conditional_scores``: "accuracy" (judged as asked), "diversity_mean"
-    and "class_frechet_mean". ``guidance`` is refused for an unconditional checkpoint.
+    ``options`` are the sampler's own (``ddpm_core.diffusion.samplers.SAMPLERS``), each not given
+    taking the sampler's default. A conditional checkpoint is asked for every class in turn
+    (sample i, seed ``seed + i``, for class i mod 10) with classifier-free guidance ``guidance``
+    (default 1), and the result adds the metrics of ``metrics.conditional_scores``: "accuracy"
+    (judged as asked), "diversity_mean" and "class_frechet_mean". ``guidance`` is refused for an
+    unconditional checkpoint.
     """
     if num_samples < 2:
         raise DDPMError(f"num_samples must be at least 2 to compare distributions, got {num_samples}.")
+    chosen = check_options(sampler, options)  # before the checkpoint is loaded
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), use_ema=use_ema)
+    source = f"The checkpoint {loaded.path}"
     num_classes = loaded.model.config.num_classes
-    if num_classes is not None and num_samples < 2 * num_classes:
-        raise DDPMError(f"A conditional model is evaluated on at least 2 samples of each of its {num_classes} "
-                        f"classes: pass --num-samples {2 * num_classes} or more, got {num_samples}.")
-    every_class = torch.arange(num_samples) % num_classes if num_classes is not None else None
-    labels = sampling_labels(num_classes, every_class, guidance, num_samples, COMMAND_LINE,
-                             source=f"The checkpoint {loaded.path}")
+    labels = sampling_labels(num_classes, every_class(num_classes, num_samples, source, "--num-samples"), guidance,
+                             num_samples, COMMAND_LINE, source=source)
     guidance = 1.0 if guidance is None else guidance
     # Everything the metrics need is read before the long sampling, so a missing piece stops it at once.
     classifier = load_classifier(classifier_path)
     test_images, test_labels = load_mnist(train=False)
     train_images, _ = load_mnist(train=True)
-    run = generate(loaded, num_samples, seed, sampler, steps, eta, progress=progress, labels=labels,
-                   guidance=guidance)
-    images, seconds = run.samples, run.seconds
-    check_finite_samples(images, loaded.path)  # NaN would crash the Frechet distance's matrix square root
-    metrics = evaluate_samples(images.cpu(), test_images, train_images, classifier)
-    name = {"ddpm": f"DDPM-{loaded.schedule.num_steps}",
-            "ddim": f"DDIM-{steps} eta={eta:g}", "dpm": f"DPM-Solver++ {steps}"}[sampler]
-    name += " EMA" if use_ema else ""
+    run = generate(loaded, num_samples, seed, sampler, progress=progress, labels=labels, guidance=guidance,
+                   **options)
+    check_finite_samples(run.samples, loaded.path)  # NaN would crash the Frechet distance's matrix square root
+    images = run.samples.cpu()
+    metrics = evaluate_samples(images, test_images, train_images, classifier)
+    name = chosen.label(loaded.schedule.num_steps, **options) + (" EMA" if use_ema else "")
     if labels is not None:
-        scores = conditional_scores(images.cpu(), labels, test_images, test_labels, classifier)
+        scores = conditional_scores(images, labels, test_images, test_labels, classifier)
         metrics |= {
             "accuracy": scores["accuracy"],
             "diversity_mean": scores["diversity_mean"],
             "class_frechet_mean": sum(scores["class_frechet"].values()) / len(scores["class_frechet"]),
         }
         name += f" w={guidance:g}"
-    return {"name": name, "sampling_seconds": seconds, **metrics}
+    return {"name": name, "sampling_seconds": run.seconds, **metrics}
 
 
 def loss_by_timestep(

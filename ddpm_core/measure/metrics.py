@@ -11,8 +11,10 @@
     inception_score      the Inception Score of a set of class probabilities (used by classifier_scores)
     mean_pairwise_distance  the mean distance between features, how varied a set of samples is
     random_subset        a seeded random subset of real images, the reference set of every comparison
-    evaluate_samples     all of the above for one set of samples; format_metrics_table prints them
-    corrupt              blurred or noised copies of real images, to calibrate the numbers
+    evaluate_samples     all of the above for one set of samples
+
+``ddpm_core.measure.tables`` prints the results as a table; ``ddpm_core.measure.corruption`` damages
+real images by a known amount, to calibrate the numbers.
 
 The Frechet distance here lives in the classifier's feature space, so its
 values are comparable with each other (same classifier, same sample count) but
@@ -31,21 +33,18 @@ subset of the test set, never its first N images.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddpm_core.diffusion.seeds import Trajectory
 from ddpm_core.measure.classifier import NUM_CLASSES, MNISTClassifier, predict_features, predict_logits
 from ddpm_core.utils.errors import DDPMError
 
-CORRUPTIONS = ("blur", "noise")
 
-
-def _check_images(images: Tensor, name: str, minimum: int = 1) -> None:
+def check_images(images: Tensor, name: str, minimum: int = 1) -> None:
+    """Refuse anything but a batch of at least ``minimum`` MNIST-shaped images, (N, 1, 28, 28)."""
     if images.dim() != 4 or tuple(images.shape[1:]) != (1, 28, 28):
         raise DDPMError(f"{name} must have shape (N, 1, 28, 28), got {tuple(images.shape)}.")
     if len(images) < minimum:
@@ -89,8 +88,8 @@ def frechet_distance(
             "frechet_distance needs torchmetrics. Install the book's extras with `pip install -e .[book]` "
             "(or `pip install torchmetrics`)."
         ) from None
-    _check_images(real_images, "real_images", minimum=2)
-    _check_images(fake_images, "fake_images", minimum=2)
+    check_images(real_images, "real_images", minimum=2)
+    check_images(fake_images, "fake_images", minimum=2)
     # normalize only affects torchmetrics' own Inception network; a custom extractor gets the images as given.
     metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), normalize=True)
     for images, real in ((real_images, True), (fake_images, False)):
@@ -123,7 +122,7 @@ def classifier_scores(
         class_ratio         most / least frequent digit (inf if a digit never appears); 1.0 is perfectly even
         inception_score     see ``inception_score``; at most 10
     """
-    _check_images(images, "images")
+    check_images(images, "images")
     probabilities = predict_logits(classifier, images, batch_size).double().softmax(dim=1)
     top, labels = probabilities.max(dim=1)
     counts = torch.bincount(labels, minlength=NUM_CLASSES)
@@ -155,8 +154,8 @@ def nearest_neighbours(queries: Tensor, reference: Tensor, batch_size: int = 250
     Returns:
         distances (N,) and indices (N,) into ``reference``.
     """
-    _check_images(queries, "queries")
-    _check_images(reference, "reference")
+    check_images(queries, "queries")
+    check_images(reference, "reference")
     reference_flat = reference.flatten(1).float()
     distances, indices = [], []
     for start in range(0, len(queries), batch_size):
@@ -249,7 +248,7 @@ def conditional_scores(
                               real handwriting, below 1 more alike
         diversity_mean        the mean of ``diversity`` over the digits
     """
-    _check_images(samples, "samples", minimum=2)
+    check_images(samples, "samples", minimum=2)
     samples = samples.clamp(-1.0, 1.0)
     requested = torch.as_tensor(requested, dtype=torch.long)
     if requested.shape != (len(samples),):
@@ -258,6 +257,20 @@ def conditional_scores(
         )
     probabilities = predict_logits(classifier, samples).double().softmax(dim=1)
     top, predicted = probabilities.max(dim=1)
+    per_digit = _per_digit_scores(samples, requested, real_images, real_labels, classifier, seed)
+    return {
+        "num_samples": len(samples),
+        "accuracy": (predicted == requested).double().mean().item(),
+        "confident_fraction": (top >= confidence).double().mean().item(),
+        "frechet_distance": frechet_distance(random_subset(real_images, len(samples), seed), samples, classifier),
+        **per_digit,
+        "diversity_mean": sum(per_digit["diversity"].values()) / len(per_digit["diversity"]),
+    }
+
+
+def _per_digit_scores(samples: Tensor, requested: Tensor, real_images: Tensor, real_labels: Tensor,
+                      classifier: MNISTClassifier, seed: int) -> dict[str, dict[int, float]]:
+    """``class_frechet``, ``class_frechet_real`` and ``diversity`` of ``conditional_scores``, digit by digit."""
     features = predict_features(classifier, samples)
     generator = torch.Generator().manual_seed(seed)
     class_frechet, class_frechet_real, diversity = {}, {}, {}
@@ -273,16 +286,7 @@ def conditional_scores(
         diversity[digit] = mean_pairwise_distance(features[mine]) / mean_pairwise_distance(
             predict_features(classifier, held)
         )
-    return {
-        "num_samples": len(samples),
-        "accuracy": (predicted == requested).double().mean().item(),
-        "confident_fraction": (top >= confidence).double().mean().item(),
-        "frechet_distance": frechet_distance(random_subset(real_images, len(samples), seed), samples, classifier),
-        "class_frechet": class_frechet,
-        "class_frechet_real": class_frechet_real,
-        "diversity": diversity,
-        "diversity_mean": sum(diversity.values()) / len(diversity),
-    }
+    return {"class_frechet": class_frechet, "class_frechet_real": class_frechet_real, "diversity": diversity}
 
 
 def random_subset(images: Tensor, n: int, seed: int = 0) -> Tensor:
@@ -321,8 +325,8 @@ def evaluate_samples(
         class_counts, train_nn_median, train_nn_min (nearest-training-image distances of the samples)
         and real_train_nn_median, real_train_nn_min (the same for the real held-out images).
     """
-    _check_images(samples, "samples", minimum=2)
-    _check_images(real_images, "real_images", minimum=2)
+    check_images(samples, "samples", minimum=2)
+    check_images(real_images, "real_images", minimum=2)
     samples = samples.clamp(-1.0, 1.0)
     real = random_subset(real_images, len(samples), seed)
     scores = classifier_scores(samples, classifier, batch_size=batch_size)
@@ -341,80 +345,3 @@ def evaluate_samples(
         "real_train_nn_median": real_nn.median().item(),
         "real_train_nn_min": real_nn.min().item(),
     }
-
-
-TABLE_COLUMNS = (
-    ("samples", "num_samples", "{:d}"),
-    ("Frechet", "frechet_distance", "{:.2f}"),
-    ("confident", "confident_fraction", "{:.3f}"),
-    ("IS", "inception_score", "{:.2f}"),
-    ("max/min", "class_ratio", "{:.2f}"),
-    ("NN median", "train_nn_median", "{:.2f}"),
-    ("NN min", "train_nn_min", "{:.2f}"),
-    ("test NN median", "real_train_nn_median", "{:.2f}"),
-)
-TABLE_WIDTH = 88  # the characters a line of the book's code column holds
-
-
-def format_metrics_table(rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], width: int = TABLE_WIDTH) -> str:
-    """A plain-text table of ``evaluate_samples`` results, one row per set of samples.
-
-    ``rows`` is one result, a list of results (named by their "name" entry, else numbered), or a
-    dict from row name to result. Missing metrics print as "-". "max/min" is the class ratio, NN columns
-    are nearest-training-image distances in pixel space ([-1, 1] scale) and "test NN median" is the same
-    for real held-out images. A table wider than ``width`` characters is printed turned, one column per set.
-    """
-    if isinstance(rows, Mapping) and rows and all(isinstance(v, Mapping) for v in rows.values()):
-        named = [(str(name), row) for name, row in rows.items()]
-    elif isinstance(rows, Mapping):
-        named = [(str(rows.get("name", "samples")), rows)]
-    else:
-        named = [(str(row.get("name", i + 1)), row) for i, row in enumerate(rows)]
-    cells = {name: [fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in TABLE_COLUMNS]
-             for name, row in named}
-    titles = [title for title, _, _ in TABLE_COLUMNS]
-    table = _render(["", *titles], [[name, *values] for name, values in cells.items()])
-    if max(len(line) for line in table.splitlines()) <= width:
-        return table
-    return _render(["", *cells], [[title, *(values[i] for values in cells.values())] for i, title in enumerate(titles)])
-
-
-def _render(header: list[str], body: list[list[str]]) -> str:
-    """Columns padded to their widest cell: the first left-aligned, the others right-aligned."""
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-
-    def render(line: list[str]) -> str:
-        cells = zip(line, widths, strict=True)
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(cells)).rstrip()
-
-    return "\n".join([render(header), "  ".join("-" * w for w in widths), *(render(line) for line in body)])
-
-
-def corrupt(images: Tensor, kind: str, strength: float, seed: int = 0) -> Tensor:
-    """A damaged copy of ``images``, to see how far the metrics move for a known amount of damage.
-
-    Args:
-        images: (N, 1, 28, 28) in [-1, 1].
-        kind: "blur" (Gaussian blur, ``strength`` = its standard deviation in pixels) or
-            "noise" (additive Gaussian noise with standard deviation ``strength``, clipped to [-1, 1]).
-        strength: 0 returns an unchanged copy.
-        seed: seeds the noise.
-    """
-    _check_images(images, "images")
-    if kind not in CORRUPTIONS:
-        raise DDPMError(f"kind must be one of {CORRUPTIONS}, got {kind!r}.")
-    if strength < 0:
-        raise DDPMError(f"strength must be at least 0, got {strength}.")
-    if strength == 0:
-        return images.clone()
-    if kind == "noise":
-        noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
-        return (images + strength * noise.to(images.device)).clamp(-1.0, 1.0)
-    radius = math.ceil(3 * strength)  # the kernel covers +-3 standard deviations
-    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-0.5 * (offsets / strength) ** 2)
-    kernel = kernel / kernel.sum()
-    # Separable blur, rows then columns; padding with the background value -1 keeps the borders dark.
-    x = F.pad(images, (radius, radius, radius, radius), value=-1.0)
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))  # (N, 1, 28 + 2r, 28 + 2r) -> (N, 1, 28 + 2r, 28)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1))  # -> (N, 1, 28, 28)

@@ -75,6 +75,32 @@ def train_classifier(
     Returns:
         The metadata written into the file (settings, test accuracy on MNIST's 10,000 test images, wall time, ...).
     """
+    images, labels = _training_set(epochs, images, labels)
+    test_images, test_labels = load_mnist(train=False)
+    torch.manual_seed(seed)  # the initial weights and dropout
+    model = MNISTClassifier()
+    started = time.perf_counter()
+    loss_history = _fit(model, images, labels, epochs, seed, batch_size, lr, max_shift, progress)
+    settings = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr, "max_shift": max_shift}
+    metadata = {
+        "format": FORMAT,
+        **settings,
+        "train_images": len(images),
+        "loss_history": [round(v, 5) for v in loss_history],
+        "test_accuracy": accuracy(model, test_images, test_labels),
+        "test_images": len(test_images),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "device": device_description(torch.device("cpu")),
+        "versions": library_versions(),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(Path(out_path), lambda tmp: save_file(tensors, tmp, metadata={"ddpm_core": json.dumps(metadata)}))
+    return metadata
+
+
+def _training_set(epochs: int, images: Tensor | None, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The images and labels to train on (MNIST's training set when neither is given), after the checks."""
     if epochs < 1:
         raise DDPMError(f"epochs must be a positive integer, got {epochs}.")
     if (images is None) != (labels is None):
@@ -83,16 +109,17 @@ def train_classifier(
         images, labels = load_mnist(train=True)
     if len(images) != len(labels):
         raise DDPMError(f"train_classifier needs one label per image, got {len(images)} and {len(labels)}.")
-    test_images, test_labels = load_mnist(train=False)
+    return images, labels
 
-    torch.manual_seed(seed)  # the initial weights and dropout
-    model = MNISTClassifier()
+
+def _fit(model: MNISTClassifier, images: Tensor, labels: Tensor, epochs: int, seed: int, batch_size: int,
+         lr: float, max_shift: int, progress: bool) -> list[float]:
+    """Train ``model`` in place: Adam at ``lr`` with cosine decay to 0, shuffled batches, each image shifted
+    by up to ``max_shift`` pixels. Returns the mean loss of each epoch."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(images) / batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)  # the data order and the shifts
-
-    started = time.perf_counter()
     loss_history = []
     for epoch in range(1, epochs + 1):
         model.train()
@@ -113,27 +140,7 @@ def train_classifier(
         loss_history.append(epoch_progress.mean)
         if progress:
             tqdm.write(f"classifier epoch {epoch}/{epochs}: mean loss {loss_history[-1]:.4f}")
-    wall_time_s = time.perf_counter() - started
-
-    metadata = {
-        "format": FORMAT,
-        "epochs": epochs,
-        "seed": seed,
-        "batch_size": batch_size,
-        "lr": lr,
-        "max_shift": max_shift,
-        "train_images": len(images),
-        "loss_history": [round(v, 5) for v in loss_history],
-        "test_accuracy": accuracy(model, test_images, test_labels),
-        "test_images": len(test_images),
-        "wall_time_s": round(wall_time_s, 1),
-        "device": device_description(torch.device("cpu")),
-        "versions": library_versions(),
-        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(Path(out_path), lambda tmp: save_file(tensors, tmp, metadata={"ddpm_core": json.dumps(metadata)}))
-    return metadata
+    return loss_history
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@
     errors        the exceptions the package raises, with their exit codes
     files         atomic writes, output checks and guarded reads of JSON
     device        the compute device and the CPU's memory allocator
-    progress      progress bars that stay quiet when asked
+    progress      progress bars: live on a terminal, a few plain lines in a log
+    images        8-bit grey levels from [-1, 1], image grids and PNG files
+    arguments     the argument types of the command lines, each refusing a bad value clearly
 
 May import nothing from ``ddpm_core``.
 """

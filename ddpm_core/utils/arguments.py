@@ -14,12 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SAMPLERS = ("ddpm", "ddim", "dpm")  # ancestral (all T steps), DDIM, DPM-Solver++(2M)
 MAX_SEED = 2**32 - 1
 MAX_SAMPLES = 100_000  # 300 MB of float32 images; evaluate's metrics stay within a few GB
 MAX_GUIDANCE = 20.0  # classifier-free guidance beyond w = 20 only saturates the images (chapter 9 uses up to 7)
 MAX_NOISE_SCALE = 2.0  # the fresh noise of Algorithm 2 scaled by more than 2 drowns the digit
 MAX_EXPORT_SEEDS = 10_000  # x_T of 10,000 seeds is a 42 MB JSON file; the live panel reads 32
+MAX_FLOAT = 1e6  # no float setting of the package means anything this large; beyond it, arithmetic overflows
+MAX_LEARNING_RATE = 10.0  # Adam diverges far below this; above it its updates overflow float32
 
 
 def at_least(low: int, what: str) -> Callable[[str], int]:
@@ -80,15 +81,17 @@ def finite_float(text: str, wanted: str) -> float:
 
 def positive_float(text: str) -> float:
     value = finite_float(text, "a positive number")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    if not 0 < value <= MAX_FLOAT:
+        raise argparse.ArgumentTypeError(f"expected a positive number up to {MAX_FLOAT:g}, got {value:g}")
     return value
 
 
-def non_negative_float(text: str) -> float:
-    value = finite_float(text, "a number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+def learning_rate_value(text: str) -> float:
+    value = finite_float(text, "a learning rate")
+    if not 0 < value <= MAX_LEARNING_RATE:
+        raise argparse.ArgumentTypeError(
+            f"expected a learning rate above 0 and at most {MAX_LEARNING_RATE:g} (the book's is 0.002), got {value:g}"
+        )
     return value
 
 
