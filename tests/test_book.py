@@ -202,20 +202,54 @@ def test_chapter_setup_gives_the_committed_checkpoints_and_the_measurements_size
     assert plt.rcParams["figure.dpi"] == 90
     for path in (chapter.model, chapter.reference_model, chapter.conditional_model):
         assert path.is_file() and path.parent == chapter.repo / "book" / "checkpoints"
-    assert not chapter.quick and chapter.pick(1000, 16) == 1000
+    assert not chapter.quick
     monkeypatch.setenv("DDPM_QUICK", "1")
-    assert chapter_setup().pick(1000, 16) == 16
+    assert chapter_setup().quick
 
 
 def test_a_claim_that_needs_the_books_sample_size_is_only_listed_on_a_quick_run(monkeypatch, capsys):
-    from ddpm_core.book.chapter import check
+    from ddpm_core.book.chapter import chapter_setup, check
 
+    chapter_setup().full_size_claims("the distance is small")
     monkeypatch.setenv("DDPM_QUICK", "1")
-    check(False, "the distance is small", "40.0", needs_full_size=True)
+    check(False, "the distance is small", "40.0")
     assert "not held on a quick run's few samples: the distance is small (40.0)" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="another claim"):
+        check(False, "another claim", "1.0")  # not named: held even on a quick run
     monkeypatch.delenv("DDPM_QUICK")
     with pytest.raises(AssertionError, match="the distance is small"):
-        check(False, "the distance is small", "40.0", needs_full_size=True)
+        check(False, "the distance is small", "40.0")
+
+
+def test_no_visible_cell_shows_a_test_switch():
+    for path in NOTEBOOKS:
+        for cell in code_cells(load(path)):
+            hidden = {"remove-cell", "remove-input"} & set(cell["metadata"].get("tags", []))
+            source = text(cell["source"])
+            if not hidden:
+                for switch in ("chapter.quick", ".pick(", "needs_full_size", "full_size_claims", "DDPM_QUICK"):
+                    assert switch not in source, f"{path.name}: a visible code cell shows {switch!r}: {source[:80]!r}"
+
+
+def claims_of(source: str, function: str, position: int) -> list[str]:
+    """The string literals passed as argument ``position`` (None: every argument) of calls to ``function``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        name = getattr(node, "func", None)
+        name = getattr(name, "id", None) or getattr(name, "attr", None)
+        if isinstance(node, ast.Call) and name == function:
+            args = node.args if position is None else node.args[position:position + 1]
+            found += [arg.value for arg in args if isinstance(arg, ast.Constant)]
+    return found
+
+
+def test_every_claim_named_for_full_size_is_a_claim_its_chapter_checks():
+    for path in NOTEBOOKS:
+        sources = [text(cell["source"]) for cell in code_cells(load(path))]
+        named = {claim for source in sources for claim in claims_of(source, "full_size_claims", None)}
+        checked = {claim for source in sources for claim in claims_of(source, "check", 1)}
+        assert named <= checked, f"{path.name}: full_size_claims names {named - checked}, which no check makes"
+
 
 
 def test_output_dir_is_a_scratch_folder_in_quick_mode(tmp_path, monkeypatch):

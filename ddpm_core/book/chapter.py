@@ -75,9 +75,6 @@ class Chapter:
         """
         _FULL_SIZE_CLAIMS.update(claims)
 
-    def pick(self, full, quick):  # TRANSITIONAL: removed once every chapter's set-up is hidden
-        return quick if self.quick else full
-
 
 _FULL_SIZE_CLAIMS: set[str] = set()  # claims held only at the book's full sample sizes
 
@@ -117,7 +114,7 @@ def show_source(obj: object) -> Code:
     return Code(inspect.getsource(obj), language="python")
 
 
-def check(passed: bool, claim: str, detail: str = "", needs_full_size: bool = False) -> None:
+def check(passed: bool, claim: str, detail: str = "") -> None:
     """State a claim the chapter makes and hold it to the numbers: print "✓ claim", or raise.
 
     The chapters check their prose with this, so that a broken formula in the package fails the
@@ -126,7 +123,7 @@ def check(passed: bool, claim: str, detail: str = "", needs_full_size: bool = Fa
     quick run, whose few samples cannot bear it.
     """
     shown = f"{claim} ({detail})" if detail else claim
-    if (needs_full_size or claim in _FULL_SIZE_CLAIMS) and quick_mode():
+    if claim in _FULL_SIZE_CLAIMS and quick_mode():
         print(textwrap.fill(f"- not held on a quick run's few samples: {shown}", width=88, subsequent_indent="  "))
         return
     if not passed:
