@@ -8,14 +8,14 @@ returns logits for the ten digits. Its 128-dimensional penultimate layer,
 ``metrics.frechet_distance`` compares generated and real digits, as the
 "FID with an MNIST classifier" of the diffusion literature does.
 
-The trained weights ship with the package as ``ddpm_core/weights/mnist_classifier.safetensors``
+The trained weights ship with the package as ``ddpm_core/measure/weights/mnist_classifier.safetensors``
 (package data, so ``pip install .`` brings them); a ``--classifier PATH`` argument or the
 environment variable ``DDPM_CLASSIFIER`` names another file. Their
 safetensors metadata holds one JSON document (key ``ddpm_core``) with the
 training settings, the test accuracy, the wall time and the library versions.
 Retrain with
 
-    python -m ddpm_core.measure.train_classifier --out ddpm_core/weights/mnist_classifier.safetensors --epochs 6
+    python -m ddpm_core.measure.train_classifier --out ddpm_core/measure/weights/mnist_classifier.safetensors --epochs 6
 
 (about five minutes on two otherwise idle CPU cores).
 """
@@ -37,7 +37,7 @@ from ddpm_core.training.checkpoint_metadata import CLASSIFIER_FORMAT
 from ddpm_core.training.describe import describe_file_type, describe_folder
 from ddpm_core.training.safetensors_guard import WEIGHT_DTYPES, SafetensorsHeader, read_safetensors_header
 from ddpm_core.utils.errors import DDPMError
-from ddpm_core.utils.files import parse_json
+from ddpm_core.utils.files import check_writable, parse_json
 
 FORMAT = CLASSIFIER_FORMAT  # defined beside the checkpoints', which must tell the two apart
 CLASSIFIER_ENV = "DDPM_CLASSIFIER"
@@ -101,11 +101,27 @@ def accuracy(model: MNISTClassifier, images: Tensor, labels: Tensor, batch_size:
 
 
 def _fresh_path(path: Path) -> Path:
-    """``path`` if no file is there, else the first free ``<stem>_classifier[_N].safetensors`` beside it."""
-    candidate, number = path, 1
-    while candidate.exists():
+    """Where to train a new classifier instead of ``path``: a free ``.safetensors`` name that
+    ``train_classifier`` will write, beside ``path`` when that is a file's place in a writable folder,
+    else in the current folder (or the home folder): never beside a device such as /dev/zero."""
+    beside = path.name not in ("", "..") and not (os.path.lexists(path) and not path.is_file())  # a device, a FIFO
+    if beside:
+        try:
+            check_writable(path.with_suffix(".safetensors"))
+        except DDPMError:
+            beside = False
+    stem = path.stem
+    if not beside:
+        try:
+            check_writable(Path(DEFAULT_PATH.name))
+            folder = Path()
+        except DDPMError:
+            folder = Path.home()
+        path, stem = folder / DEFAULT_PATH.name, DEFAULT_PATH.stem
+    candidate, number = path.with_suffix(".safetensors"), 1
+    while os.path.lexists(candidate):
         suffix = "_classifier" if number == 1 else f"_classifier_{number}"
-        candidate = path.with_name(f"{path.stem}{suffix}.safetensors")
+        candidate = path.with_name(f"{stem}{suffix}.safetensors")
         number += 1
     return candidate
 

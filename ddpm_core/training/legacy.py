@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# What a stored configuration without these fields meant: the network before they were added.
+# A stored configuration that lacks one of these fields describes a network without that feature.
 LEGACY_DEFAULTS: dict[str, Any] = {"attention": (), "downsample": "maxpool", "zero_init": False, "num_classes": None,
                                    "dropout": 0.0, "prediction": "eps"}
 
