@@ -1,8 +1,9 @@
 """``python -m ddpm_core train``: train the UNet on MNIST, with a checkpoint after every epoch.
 
 ``--recipe`` picks the settings (``ddpm_core.training.recipe``); each flag given replaces one of
-them. Under torchrun every process runs this command, and rank 0 reports for all of them
-(``ddpm_core.training.signals``).
+them, and every setting is checked before the run folder is touched. Under torchrun every process
+runs this command, and rank 0 reports for all of them (``ddpm_core.training.signals``). A single
+process stopped by SIGTERM says, as on Ctrl-C, what is saved and how to go on, and exits with 143.
 """
 
 from __future__ import annotations
@@ -10,11 +11,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ddpm_core.app import flags
 from ddpm_core.utils import arguments
 from ddpm_core.utils.errors import DDPMError, DiskFullError
+
+if TYPE_CHECKING:  # for the annotations; the functions below import what they use where they use it
+    from ddpm_core.diffusion.unet import UNetConfig
+    from ddpm_core.training.loop import TrainResult
+    from ddpm_core.training.recipe import TrainConfig
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -97,18 +105,48 @@ def train_configs(args: argparse.Namespace) -> tuple:
         model_config.validate(check_size=True)
     except ValueError as error:
         raise DDPMError(f"Unusable architecture options: {error}") from None
+    config.validate()  # here, before ``train`` takes the run folder's lock (it creates the folder)
     return config, model_config
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     from ddpm_core.training import distributed
+    from ddpm_core.training.run_folder import RunFolder
+    from ddpm_core.training.signals import EXIT_TERMINATED, Terminated, sigterm_raises
+
+    config, model_config = train_configs(args)
+    args.epochs = config.epochs  # --epochs or the recipe's, which the lines on Ctrl-C and SIGTERM name
+    with sigterm_raises() as reported_here:
+        try:
+            result = _train(args, argv, config, model_config)
+        except Terminated:
+            if not reported_here:  # torchrun's: rank 0 reports it for every process (ddpm_core.app.cli)
+                raise
+            from ddpm_core.app.cli import _close_progress_bars
+
+            _close_progress_bars()
+            print(interrupted(args, argv, "stopped by SIGTERM"), file=sys.stderr, flush=True)
+            return EXIT_TERMINATED
+    if not distributed.ranks_from_env().main:  # under torchrun, rank 0 reports for every process
+        return 0
+    if args.no_progress:  # the bar's per-epoch lines were off: list the epochs here
+        for epoch, loss in enumerate(result.loss_history, start=1):
+            print(f"epoch {epoch}/{config.epochs}: mean loss {loss:.4f}")
+    losses = ", ".join(f"{loss:.4f}" for loss in result.loss_history)
+    print(f"trained {len(result.loss_history)} epochs on {result.device} in {result.wall_time_s:.0f} s")
+    print(f"epoch mean losses: {losses}")
+    print(f"checkpoint: {RunFolder(args.out).weights}")
+    return 0
+
+
+def _train(args: argparse.Namespace, argv: list[str], config: TrainConfig, model_config: UNetConfig) -> TrainResult:
+    """``train`` as the flags ask; a full disk is reported with what is saved and the command that goes on."""
     from ddpm_core.training.loop import train
     from ddpm_core.training.run_folder import RunFolder
 
-    config, model_config = train_configs(args)
     try:
-        result = train(args.out, config, model_config, resume=args.resume, device=args.device,
-                       progress=not args.no_progress)
+        return train(args.out, config, model_config, resume=args.resume, device=args.device,
+                     progress=not args.no_progress)
     except DiskFullError as error:
         folder = RunFolder(args.out)
         epoch = folder.saved_epoch()
@@ -125,20 +163,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             f"The disk is full: {error} No epoch had been saved, so there is nothing to continue in {args.out}. "
             f"{free}{moved}, then start again with `{resume_command(argv, resume=False)}`."
         ) from None
-    if not distributed.ranks_from_env().main:  # under torchrun, rank 0 reports for every process
-        return 0
-    if args.no_progress:  # the bar's per-epoch lines were off: list the epochs here
-        for epoch, loss in enumerate(result.loss_history, start=1):
-            print(f"epoch {epoch}/{config.epochs}: mean loss {loss:.4f}")
-    losses = ", ".join(f"{loss:.4f}" for loss in result.loss_history)
-    print(f"trained {len(result.loss_history)} epochs on {result.device} in {result.wall_time_s:.0f} s")
-    print(f"epoch mean losses: {losses}")
-    print(f"checkpoint: {RunFolder(args.out).weights}")
-    return 0
 
 
-def interrupted(args: argparse.Namespace, argv: list[str]) -> str:
-    """The line printed on Ctrl-C: what is on disk and how to go on."""
+def interrupted(args: argparse.Namespace, argv: list[str], what: str = "interrupted") -> str:
+    """The line printed on Ctrl-C (or, with ``what``, on SIGTERM): what is on disk and how to go on."""
+    from ddpm_core.training.recipe import RECIPES
     from ddpm_core.training.run_folder import RunFolder
 
     folder = RunFolder(args.out)
@@ -146,10 +175,11 @@ def interrupted(args: argparse.Namespace, argv: list[str]) -> str:
     if epoch is None:
         leftovers = folder.run_files()  # a first checkpoint cut short, if anything
         if leftovers:
-            return (f"interrupted before the first epoch was saved: {args.out} holds "
+            return (f"{what} before the first epoch was saved: {args.out} holds "
                     f"{folder.describe(leftovers)} but nothing to continue from; move those out of it, then "
                     f"start again with `{resume_command(argv, resume=False)}`")
-        return (f"interrupted before the first epoch was saved: nothing was saved in {args.out}; "
+        return (f"{what} before the first epoch was saved: nothing was saved in {args.out}; "
                 f"start again with `{resume_command(argv, resume=False)}`")
-    return (f"interrupted: epoch {epoch} of {args.epochs} is saved in {args.out}; "
+    planned = getattr(args, "epochs", None) or RECIPES[args.recipe].epochs  # --epochs, if given
+    return (f"{what}: epoch {epoch} of {planned} is saved in {args.out}; "
             f"continue with `{resume_command(argv)}`")

@@ -10,7 +10,8 @@
     safetensors_guard    the safetensors header, read and checked before any weight is mapped
     describe             files and folders in words, for the messages that refuse them
     finite_samples       the check that a model's samples are finite
-    resume               the resume state: written each epoch, checked, and restored
+    resume               the resume state: written each epoch, read, and restored
+    resume_checks        what a resume state must hold: every entry's type, shape and range
     run_folder           the layout of a run's output folder
     lock                 one training run per output folder
     distributed          data-parallel training under torchrun

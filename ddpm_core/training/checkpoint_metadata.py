@@ -17,6 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ddpm_core.diffusion.schedule import NoiseSchedule
 from ddpm_core.diffusion.unet import UNetConfig
 from ddpm_core.training.describe import json_kind, recovery, short
@@ -184,5 +186,22 @@ def schedule_from_metadata(metadata: dict[str, Any], path: Path) -> NoiseSchedul
         result = NoiseSchedule(**schedule)
     except DDPMError as error:  # the schedule names no file: say which one holds the impossible betas
         raise bad_metadata(path, f"its noise schedule is impossible ({str(error).rstrip('.')})") from None
+    _check_alpha_bar_t(result, path)
     _warn_if_trained_with_another(result, metadata, path)
     return result
+
+
+def _check_alpha_bar_t(schedule: NoiseSchedule, path: Path) -> None:
+    """Refuse a schedule whose alpha_bar_T is below float32's smallest normal number: predicting x_0 (DDIM,
+    DPM-Solver++, the trajectories) divides by sqrt(alpha_bar_t), which overflows there to NaN samples that
+    would be blamed on the weights."""
+    alpha_bar_t = schedule.alpha_bars[-1].item()
+    smallest = torch.finfo(torch.float32).tiny
+    if alpha_bar_t < smallest:
+        raise DDPMError(
+            f"The checkpoint {path} has a noise schedule that the samplers cannot use: {schedule.num_steps:,} steps "
+            f"of beta from {schedule.beta_start:g} to {schedule.beta_end:g} leave alpha_bar_T = {alpha_bar_t:.1e}, "
+            f"below float32's smallest normal number ({smallest:.1e}), where predicting x_0 (which divides by "
+            f"sqrt(alpha_bar_t)) overflows to NaN. The schedule in its metadata is the cause, not its weights. "
+            f"{recovery(path)}"
+        )

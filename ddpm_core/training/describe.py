@@ -20,7 +20,12 @@ PASS_A_CHECKPOINT = (f"Pass the {WEIGHTS_FILE} written by `python -m ddpm_core t
 
 def short(value: Any, limit: int = 60) -> str:
     """``repr(value)``, cut to ``limit`` characters."""
-    text = repr(value)
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"a whole number of {value.bit_length():,} bits"
+    try:
+        text = repr(value)
+    except ValueError:  # Python refuses to write out an int of 4,300 digits or more, also inside a container
+        return f"a {type(value).__name__} holding a number too long to write out"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -21,8 +21,10 @@ tells each its place through the environment (RANK, WORLD_SIZE, LOCAL_RANK, MAST
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import math
 import os
+import re
 import socket
 from dataclasses import dataclass
 
@@ -30,11 +32,16 @@ import torch
 import torch.distributed as dist
 
 from ddpm_core.training import rendezvous
+from ddpm_core.training.describe import short
 from ddpm_core.training.run_seeds import derive_seed
 from ddpm_core.utils.errors import DDPMError
 
 TIMEOUT = datetime.timedelta(minutes=10)  # how long a collective waits for a silent process
 RENDEZVOUS_TIMEOUT_S = 300.0  # how long the processes wait for each other at the start; DDPM_RENDEZVOUS_TIMEOUT
+MIN_RENDEZVOUS_TIMEOUT_S = 1.0  # below it, process 0 can time out connecting to the store it hosts itself
+MAX_RENDEZVOUS_TIMEOUT_S = 7 * 24 * 3600.0  # a week: longer than any queue; the store's timedelta overflows at 1e14
+MAX_PROCESSES = 4096  # WORLD_SIZE at most: each process draws its own noise shard, which a resume state keeps
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")  # one label of a host name
 TORCHRUN = "torchrun --nproc-per-node N -m ddpm_core train"  # followed by the command's own options
 
 
@@ -96,18 +103,21 @@ def _env(name: str) -> str | None:
     return value or None
 
 
-def _env_int(name: str, default: int, lowest: int) -> int:
+def _env_int(name: str, default: int, lowest: int, highest: int | None = None) -> int:
     text = _env(name)
     if text is None:
         return default
     try:
         value = int(text)
     except ValueError:
-        raise DDPMError(f"{name}={text!r} is not a whole number. {_VARIABLES} place this process in a parallel "
-                        f"run: {_HOW}") from None
+        raise DDPMError(f"{name}={short(text, 80)} is not a whole number. {_VARIABLES} place this process in a "
+                        f"parallel run: {_HOW}") from None
     if value < lowest:
         raise DDPMError(f"{name}={value} must be {lowest} or more. {_VARIABLES} place this process in a parallel "
                         f"run: {_HOW}")
+    if highest is not None and value > highest:
+        raise DDPMError(f"{name}={short(value, 40)} is more than the {highest:,} processes a run may have: every "
+                        f"process draws its own share of each batch. Start at most {highest:,}. {_HOW}")
     return value
 
 
@@ -115,7 +125,8 @@ def ranks_from_env() -> Ranks:
     """This process's place as torchrun describes it in the environment (absent: one process), all checked.
 
     The one reader of RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, torchrun's own
-    variables and DDPM_RENDEZVOUS_TIMEOUT. Refuses values that are no numbers or out of range with ``DDPMError``;
+    variables and DDPM_RENDEZVOUS_TIMEOUT. Refuses values that are no numbers or out of range, and a MASTER_ADDR
+    that is no host name or address, with ``DDPMError``;
     a missing MASTER_ADDR or MASTER_PORT is refused by ``Ranks.rendezvous``, only where a rendezvous is needed.
     """
     rank, world_size = _rank_and_world_size()
@@ -123,7 +134,7 @@ def ranks_from_env() -> Ranks:
     parallel = world_size > 1  # one process meets no one: stray rendezvous settings are harmless
     return Ranks(
         rank=rank, world_size=world_size, local_rank=local_rank, local_world_size=local_world_size,
-        master_addr=_env("MASTER_ADDR"), master_port=_master_port() if parallel else None,
+        master_addr=_master_addr() if parallel else None, master_port=_master_port() if parallel else None,
         rendezvous_timeout=_rendezvous_timeout() if parallel else RENDEZVOUS_TIMEOUT_S,
         torchrun=_env("TORCHELASTIC_RUN_ID") is not None,
         agent_store=_env("TORCHELASTIC_USE_AGENT_STORE") == "True",
@@ -132,7 +143,7 @@ def ranks_from_env() -> Ranks:
 
 
 def _rank_and_world_size() -> tuple[int, int]:
-    world_size = _env_int("WORLD_SIZE", 1, 1)
+    world_size = _env_int("WORLD_SIZE", 1, 1, MAX_PROCESSES)
     rank = _env_int("RANK", 0, 0)
     if _env("WORLD_SIZE") is None and rank > 0:
         raise DDPMError(f"RANK={rank} is set but WORLD_SIZE, the number of processes, is not. {_HOW}")
@@ -157,6 +168,29 @@ def _local_rank_and_size(world_size: int) -> tuple[int, int]:
     return local_rank, local_world_size
 
 
+def _is_host(text: str) -> bool:
+    """Whether ``text`` is an IP address or a host name that resolvers accept: dot-separated labels of 1 to 63
+    letters, digits, hyphens and underscores, 253 characters at most. Anything else (an empty label, as in
+    "a..b", or a label of 64 characters) makes the resolver fail with a UnicodeError instead of an answer."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    name = text[:-1] if text.endswith(".") else text  # a fully qualified name may end with its root's dot
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in name.split("."))
+
+
+def _master_addr() -> str | None:
+    text = _env("MASTER_ADDR")
+    if text is None or _is_host(text):
+        return text
+    raise DDPMError(f"MASTER_ADDR={short(text, 80)} is no host name or IP address: a name is dot-separated labels "
+                    f"of 1 to 63 letters, digits and hyphens, 253 characters at most. Set it to the name or IP "
+                    f"address of the machine of process 0 (127.0.0.1 when all processes run on this one), the same "
+                    f"in every process, or let torchrun set it.")
+
+
 def _master_port() -> int | None:
     text = _env("MASTER_PORT")
     if text is None:
@@ -179,9 +213,10 @@ def _rendezvous_timeout() -> float:
         timeout = float(text)
     except ValueError:
         timeout = math.nan
-    if not (math.isfinite(timeout) and timeout > 0):
-        raise DDPMError(f"DDPM_RENDEZVOUS_TIMEOUT={text!r} should be the seconds the processes wait for each "
-                        f"other at the start, a number above 0 (default {RENDEZVOUS_TIMEOUT_S:.0f}).")
+    if not (math.isfinite(timeout) and MIN_RENDEZVOUS_TIMEOUT_S <= timeout <= MAX_RENDEZVOUS_TIMEOUT_S):
+        raise DDPMError(f"DDPM_RENDEZVOUS_TIMEOUT={short(text, 80)} should be the seconds the processes wait for "
+                        f"each other at the start, a number from {MIN_RENDEZVOUS_TIMEOUT_S:g} to "
+                        f"{MAX_RENDEZVOUS_TIMEOUT_S:,.0f} (a week; default {RENDEZVOUS_TIMEOUT_S:.0f}).")
     return timeout
 
 

@@ -40,10 +40,12 @@ from ddpm_core.training import distributed
 from ddpm_core.training.checkpoint import save_weights
 from ddpm_core.training.checkpoint_metadata import run_metadata
 from ddpm_core.training.data import load_mnist
+from ddpm_core.training.describe import short
 from ddpm_core.training.lock import holds_run_lock
 from ddpm_core.training.memory import check_step_memory
 from ddpm_core.training.recipe import RecipeHooks, TrainConfig, timestep_weights
 from ddpm_core.training.resume import check_resume, load_resume_state, restore, resume_state, save_resume_state
+from ddpm_core.training.resume_checks import MAX_NOISE_SHARDS
 from ddpm_core.training.run_folder import RunFolder
 from ddpm_core.training.run_seeds import derive_seed
 from ddpm_core.utils.device import device_description, keep_freed_memory, resolve_device
@@ -147,6 +149,7 @@ def train(
     config = config or TrainConfig()
     model_config = model_config or UNetConfig()
     config.validate()
+    _check_noise_shards(noise_shards)
     out_dir = Path(out_dir)
     ranks = distributed.ranks_from_env()
     _check_batch_split(config, ranks)
@@ -166,6 +169,13 @@ def train(
     finally:
         if ranks.distributed:
             distributed.stop()
+
+
+def _check_noise_shards(noise_shards: int | None) -> None:
+    if noise_shards is not None and not (isinstance(noise_shards, int) and not isinstance(noise_shards, bool)
+                                         and 1 <= noise_shards <= MAX_NOISE_SHARDS):
+        raise DDPMError(f"noise_shards must be a whole number from 1 to {MAX_NOISE_SHARDS:,} (one per process of the "
+                        f"run it stands for), got {short(noise_shards)}.")
 
 
 def _check_batch_split(config: TrainConfig, ranks: distributed.Ranks) -> None:
@@ -204,12 +214,12 @@ def _start(
         keep_freed_memory()  # no page fault per freed activation; see ddpm_core.utils.device
     folder = RunFolder(out_dir)
     folder.check_start(resume)
+    state = load_resume_state(folder.resume) if resume else None  # every entry checked, before the data loads
+    if state is not None:
+        check_resume(folder, state, config, model_config)
     if ranks.main:  # the folder is accepted: what a killed write of the package left here can go (nothing else)
         folder.remove_own_temporaries()
     images, labels = _training_data(config, model_config, images, labels)
-    state = load_resume_state(folder.resume) if resume else None
-    if state is not None:
-        check_resume(folder, state, config, model_config)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     torch.manual_seed(config.seed)  # the initial weights, the same in every process
     model = build_unet(model_config, config.schedule().alpha_bars).to(device=device, memory_format=memory_format)
@@ -297,7 +307,7 @@ def _diverged(out_dir: Path, loss: Tensor, epoch: int, index: int) -> DDPMError:
     return DDPMError(
         f"Training stopped: the loss became {loss.item()} at epoch {epoch}, step {index + 1}. {saved} "
         f"Check the data for NaN or inf values, or start a new run with a lower learning rate (--lr) "
-        f"in another folder; a resumed run keeps its learning rate and would diverge again."
+        f"in another --out folder; a resumed run keeps its learning rate and would diverge again."
     )
 
 

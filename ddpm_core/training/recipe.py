@@ -16,18 +16,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
 
 from ddpm_core.diffusion.objective import TimestepWeights, min_snr_weights
 from ddpm_core.diffusion.schedule import NoiseSchedule
+from ddpm_core.training.describe import short
+from ddpm_core.utils.arguments import MAX_FLOAT, MAX_LEARNING_RATE, MAX_SEED
 from ddpm_core.utils.errors import DDPMError
 
 LR_DECAYS = ("constant", "cosine")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
 PRECISIONS = ("fp32", "bf16")
+# The largest whole-number settings. Beyond them a run never ends or allocates more than any machine has, and
+# the learning rate's warm-up, which divides by its steps as a float, overflows.
+MAX_EPOCHS = 100_000
+MAX_STEPS = 10**10  # optimiser steps: more than MAX_EPOCHS epochs of 60,000 one-image batches take
+MAX_BATCH_SIZE = 10_000_000  # images in one step; the memory check refuses most batches far below this
 
 
 def setting(default: Any, help: str, parse: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
@@ -65,30 +72,34 @@ class TrainConfig:
                              choices=PRECISIONS)
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise DDPMError(f"epochs must be a positive integer, got {self.epochs}.")
-        if self.batch_size < 1:
-            raise DDPMError(f"batch_size must be a positive integer, got {self.batch_size}.")
-        if not self.lr > 0:
-            raise DDPMError(f"lr must be positive, got {self.lr}.")
-        if self.subset is not None and self.subset < 1:
-            raise DDPMError(f"subset must be a positive number of images, got {self.subset}.")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise DDPMError(f"ema_decay must lie strictly between 0 and 1 (e.g. 0.999), got {self.ema_decay}.")
-        if self.warmup_steps < 0:
-            raise DDPMError(f"warmup_steps must be 0 or more, got {self.warmup_steps}.")
-        if self.lr_decay not in LR_DECAYS:
-            raise DDPMError(f"lr_decay must be one of {LR_DECAYS}, got {self.lr_decay!r}.")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise DDPMError(f"grad_clip must be positive (e.g. 1.0), got {self.grad_clip}.")
-        if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise DDPMError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}.")
-        if not self.min_snr_gamma > 0:
-            raise DDPMError(f"min_snr_gamma must be positive (e.g. 5), got {self.min_snr_gamma}.")
-        if not 0.0 <= self.p_uncond <= 1.0:
-            raise DDPMError(f"p_uncond must lie between 0 and 1 (e.g. 0.1), got {self.p_uncond}.")
-        if self.precision not in PRECISIONS:
-            raise DDPMError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
+        """Refuse a setting that no run can use, naming its flag: out of range, of the wrong type, or so large
+        that the run would overflow, divide by zero or allocate absurd memory long after it started."""
+        from ddpm_core.training.checkpoint_metadata import MAX_NUM_STEPS  # its owner, which imports this module
+
+        wholes = {"epochs": (1, MAX_EPOCHS), "batch_size": (1, MAX_BATCH_SIZE), "seed": (0, MAX_SEED),
+                  "warmup_steps": (0, MAX_STEPS), "num_steps": (1, MAX_NUM_STEPS)}
+        if self.subset is not None:
+            wholes["subset"] = (1, MAX_BATCH_SIZE)
+        for name, (low, high) in wholes.items():
+            if not (_is_whole(getattr(self, name)) and low <= getattr(self, name) <= high):
+                _refuse(name, f"a whole number from {low:,} to {high:,}", getattr(self, name))
+        if not (_is_number(self.lr) and 0 < self.lr <= MAX_LEARNING_RATE):
+            _refuse("lr", f"above 0 and at most {MAX_LEARNING_RATE:g}", self.lr)
+        if self.ema_decay is not None and not (_is_number(self.ema_decay) and 0.0 < self.ema_decay < 1.0):
+            _refuse("ema_decay", "strictly between 0 and 1 (e.g. 0.999), or none", self.ema_decay)
+        if self.grad_clip is not None and not (_is_number(self.grad_clip) and 0 < self.grad_clip <= MAX_FLOAT):
+            _refuse("grad_clip", f"positive and at most {MAX_FLOAT:g} (e.g. 1.0), or none", self.grad_clip)
+        if not (_is_number(self.min_snr_gamma) and 0 < self.min_snr_gamma <= MAX_FLOAT):
+            _refuse("min_snr_gamma", f"positive and at most {MAX_FLOAT:g} (e.g. 5)", self.min_snr_gamma)
+        if not (_is_number(self.p_uncond) and 0.0 <= self.p_uncond <= 1.0):
+            _refuse("p_uncond", "between 0 and 1 (e.g. 0.1)", self.p_uncond)
+        for name, choices in (("lr_decay", LR_DECAYS), ("loss_weighting", LOSS_WEIGHTINGS), ("precision", PRECISIONS)):
+            if getattr(self, name) not in choices:
+                _refuse(name, f"one of {choices}", getattr(self, name))
+        for name in ("beta_start", "beta_end"):
+            if not _is_number(getattr(self, name)):
+                _refuse(name, "a number", getattr(self, name))
+        self.schedule()  # refuses impossible betas
 
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule(self.num_steps, self.beta_start, self.beta_end)
@@ -99,6 +110,20 @@ BOOK = TrainConfig()
 REFERENCE = TrainConfig(lr=2e-4, warmup_steps=0, lr_decay="constant", grad_clip=None, ema_warmup=False,
                         loss_weighting="uniform")
 RECIPES = {"book": BOOK, "reference": REFERENCE}
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_whole(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _refuse(name: str, wanted: str, value: Any) -> NoReturn:
+    """Refuse ``value`` of the setting ``name``, with its flag where the command line has one."""
+    flag = f" (--{name.replace('_', '-')})" if TrainConfig.__dataclass_fields__[name].metadata else ""
+    raise DDPMError(f"{name} must be {wanted}, got {short(value)}{flag}.")
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:

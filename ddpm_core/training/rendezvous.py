@@ -83,10 +83,11 @@ def _wait_until_reachable(ranks: Ranks, address: str, port: int, deadline: float
     pages of C++ stack for every try."""
     try:
         socket.getaddrinfo(address, port)
-    except OSError as error:
+    except (OSError, UnicodeError) as error:  # UnicodeError: a name the resolver's IDNA encoding refuses
         raise DDPMError(
-            f"MASTER_ADDR={address} is no host this machine can find ({error.strerror or error}). Set it to the "
-            f"name or IP address of the machine of process 0 (127.0.0.1 when all processes run on this one)."
+            f"MASTER_ADDR={address} is no host this machine can find ({getattr(error, 'strerror', None) or error}). "
+            f"Set it to the name or IP address of the machine of process 0 (127.0.0.1 when all processes run on "
+            f"this one)."
         ) from None
     announced = False
     started = time.monotonic()

@@ -4,12 +4,15 @@ It holds the weights, the EMA weights, the optimiser's state, the state of every
 generator and of torch's global generator, the loss history, the wall time and both configs. The
 weights are in it too, so it is consistent on its own even if a run is killed between writing the
 weights files and writing it. It holds tensors, numbers and strings only, and is read with
-``weights_only=True``: loading it runs no code. ``load_resume_state`` checks every entry before a run
-trusts it, and ``check_resume`` refuses to continue a run with settings other than its own.
+``weights_only=True``: loading it runs no code. ``load_resume_state`` reads it only once it is known to be
+a regular file of bounded size (a FIFO or ``/dev/zero`` in its place is never read), checks every entry
+(``resume_checks.py``) before a run trusts it, and ``check_resume`` refuses to continue a run with
+settings other than its own; the training loop does both before it loads the data.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from dataclasses import asdict, fields
@@ -19,14 +22,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddpm_core.diffusion.unet import UNetConfig
-from ddpm_core.training.checkpoint import expected_shapes, shape_mismatch, tensor_bytes
-from ddpm_core.training.checkpoint_metadata import config_from_metadata, is_finite_number, is_whole_number
+from ddpm_core.diffusion.unet import MAX_PARAMETERS, UNetConfig
+from ddpm_core.training.checkpoint import tensor_bytes
+from ddpm_core.training.checkpoint_metadata import config_from_metadata
+from ddpm_core.training.describe import short
 from ddpm_core.training.recipe import TrainConfig
+from ddpm_core.training.resume_checks import (
+    MAX_NOISE_SHARDS,
+    RNG_STATE_BYTES,
+    entry_problems,
+    wrong_entries,
+    wrong_entry,
+)
 from ddpm_core.training.run_folder import RunFolder
 from ddpm_core.utils.errors import DDPMError
-from ddpm_core.utils.files import atomic_write
+from ddpm_core.utils.files import atomic_write, read_small_file
 
+# The weights, the EMA weights and Adam's two moments of the largest network allowed, in float32, every noise
+# shard's generator, and room for the rest; the pickled structure (names, numbers, a loss per epoch) is small.
+MAX_RESUME_BYTES = 4 * MAX_PARAMETERS * 4 + MAX_NOISE_SHARDS * RNG_STATE_BYTES + 2**26
+MAX_PICKLE_BYTES = 2**24
 RESUME_KEYS = ("epoch", "model", "optimizer", "generators", "noise_shards", "torch_rng", "ema", "loss_history",
                "wall_time_s", "model_config", "train_config")
 
@@ -78,21 +93,51 @@ def restore(
     torch.set_rng_state(state["torch_rng"])
 
 
-def _bad_resume(path: Path, problem: str) -> DDPMError:
+def _how_to_go_on(path: Path) -> str:
     run = RunFolder(path.parent)
-    return DDPMError(
-        f"The resume state {path} cannot be used: {problem}. Nothing was changed. Remove it and start a new "
-        f"run in another --out folder (the weights in {run.weights} and {run.epochs} stay loadable for sampling)."
-    )
+    checkpoint = run.sampling_checkpoint()
+    weights = (f" Its weights stay usable for sampling: pass --checkpoint {checkpoint} to `python -m ddpm_core "
+               f"sample`." if checkpoint is not None else "")
+    return (f"Nothing was changed. Start a new run in another --out folder (the same command without "
+            f"--resume): the run in {run.path} cannot be continued without a usable {path.name}.{weights}")
+
+
+def _bad_resume(path: Path, problem: str) -> DDPMError:
+    return DDPMError(f"The resume state {path} cannot be used: {problem}. {_how_to_go_on(path)}")
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of ``resume.pt``, once it is known to be a regular file, a zip archive as ``torch.save`` writes,
+    and no larger than a resume state of the largest network (a FIFO or a device is never read)."""
+    try:
+        data = read_small_file(path, MAX_RESUME_BYTES, "the resume state", follow_links=True)
+    except DDPMError as error:
+        raise DDPMError(f"{error} {_how_to_go_on(path)}") from None
+    if not data:
+        raise _bad_resume(path, "the file is empty (the run was killed while it was first written)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            entries = archive.infolist()
+    except Exception:  # zipfile raises BadZipFile, ValueError, struct.error, ... for bytes that are no archive
+        raise _bad_resume(path, "it is truncated or corrupt (not the zip archive that torch.save writes)") from None
+    # torch.load allocates what the archive declares: bounded here, before it does.
+    declared = sum(entry.file_size for entry in entries)
+    pickled = sum(entry.file_size for entry in entries if entry.filename.endswith(".pkl"))
+    if declared > MAX_RESUME_BYTES:
+        raise _bad_resume(path, f"its archive declares {declared:,} bytes of contents, more than the "
+                                f"{MAX_RESUME_BYTES:,} that a resume state of the largest network holds")
+    if pickled > MAX_PICKLE_BYTES:
+        raise _bad_resume(path, f"its archive declares {pickled:,} bytes of pickled structure, more than the "
+                                f"{MAX_PICKLE_BYTES:,} that a resume state's names and numbers take")
+    return data
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if path.stat().st_size == 0:
-        raise _bad_resume(path, "the file is empty (the run was killed while it was first written)")
+    data = _read_bytes(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises EOFError, RuntimeError, UnpicklingError, ...
-        if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+        if isinstance(error, pickle.UnpicklingError):
             what = "it holds objects other than tensors, numbers and strings, which are never loaded"
         else:
             what = "it is truncated or corrupt"
@@ -105,48 +150,22 @@ def _read(path: Path) -> dict[str, Any]:
     return state
 
 
-def _wrong_entries(state: dict[str, Any]) -> list[str]:
-    """The entries of a resume state whose type or size is wrong."""
-    rng_size = torch.Generator().get_state().numel()
-
-    def is_rng_state(value: Any) -> bool:
-        return isinstance(value, torch.Tensor) and value.numel() == rng_size
-
-    generators = state["generators"]
-    checks = {
-        "epoch": is_whole_number(state["epoch"]) and state["epoch"] >= 0,
-        "model": isinstance(state["model"], dict),
-        "optimizer": isinstance(state["optimizer"], dict) and {"state", "param_groups"} <= set(state["optimizer"]),
-        "generators": isinstance(generators, list) and len(generators) > 0 and all(map(is_rng_state, generators)),
-        "noise_shards": isinstance(generators, list) and state["noise_shards"] == len(generators),
-        "torch_rng": is_rng_state(state["torch_rng"]),
-        "ema": isinstance(state["ema"], dict),
-        "loss_history": isinstance(state["loss_history"], list) and all(map(is_finite_number, state["loss_history"])),
-        "wall_time_s": is_finite_number(state["wall_time_s"]),
-        "train_config": isinstance(state["train_config"], dict),
-    }
-    return [k for k, ok in checks.items() if not ok]
-
-
 def load_resume_state(path: str | Path) -> dict[str, Any]:
-    """Read ``resume.pt`` (tensors, numbers and strings only; no code is run) and check its contents."""
+    """Read ``resume.pt`` (tensors, numbers and strings only; no code is run) and check every entry's type, shape
+    and range (``resume_checks``), so that ``restore`` cannot fail on it."""
     path = Path(path)
     state = _read(path)
-    wrong = _wrong_entries(state)
+    wrong = wrong_entries(state)
     if wrong:
-        raise _bad_resume(path, f"the entries {', '.join(wrong)} have the wrong type or size")
+        found = ", ".join(f"{k}: {wrong_entry(state, k)}" for k in wrong[:3])
+        raise _bad_resume(path, f"the entries {', '.join(wrong)} have the wrong type or size ({found})")
     try:
         config = config_from_metadata(state["model_config"], path)
     except DDPMError:
-        raise _bad_resume(path, f"its model_config is unusable: {state['model_config']!r}"[:300]) from None
-    expected = expected_shapes(config)
-    for name, weights in (("model", state["model"]), ("ema", state["ema"])):
-        if name == "ema" and not weights:
-            continue
-        found = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else () for k, v in weights.items()}
-        mismatch = shape_mismatch(expected, found)
-        if mismatch:
-            raise _bad_resume(path, f"its {name} weights do not fit its architecture ({mismatch})")
+        raise _bad_resume(path, f"its model_config is unusable: {short(state['model_config'], 200)}") from None
+    problems = entry_problems(state, config)
+    if problems:
+        raise _bad_resume(path, "; ".join(problems))
     return state
 
 
@@ -161,7 +180,7 @@ def check_resume(folder: RunFolder, state: dict[str, Any], config: TrainConfig, 
             f"The run in {folder.path} decays its learning rate along a cosine planned for {planned} epochs, so it "
             f"resumes only with --epochs {planned}. With --epochs {config.epochs} the rate would jump back up "
             f"from where the old plan left it. Resume with --epochs {planned}, or start a new run with "
-            f"--epochs {config.epochs} so that the decay spans all of them."
+            f"--epochs {config.epochs} in another --out folder, so that the decay spans all of them."
         )
     done = int(state["epoch"])
     if config.epochs < done:
@@ -174,17 +193,25 @@ def check_resume(folder: RunFolder, state: dict[str, Any], config: TrainConfig, 
     saved = {k: v for k, v in state["train_config"].items() if k != "epochs"}
     requested = {k: v for k, v in asdict(config).items() if k != "epochs"}
     if saved != requested:
-        changed = ", ".join(f"{k}: {saved.get(k)} -> {requested.get(k)}" for k in requested
-                            if saved.get(k) != requested.get(k))
+        changed = ", ".join(f"{k}: {_setting(saved.get(k))} -> {_setting(requested.get(k))}"
+                            for k in sorted(set(saved) | set(requested)) if saved.get(k) != requested.get(k))
         raise DDPMError(
             f"The run in {folder.path} was started with other settings ({changed}). Only --epochs may change "
-            f"on --resume; start a new run in another folder to change the rest."
+            f"on --resume: resume it with its own settings, or start a new run in another --out folder (without "
+            f"--resume) to change the rest."
         )
 
 
 # The command-line flag of each architecture field that has one (see ddpm_core.app.train_command).
 _ARCHITECTURE_FLAGS = {"channels": "--channels", "time_embed_dim": "--time-embed-dim", "attention": "--attention",
                        "downsample": "--downsample"}
+
+
+def _setting(value: object) -> str:
+    """A setting as a message shows it, cut short: a hostile resume state's can be megabytes long."""
+    plain = isinstance(value, (str, float, bool, type(None))) or (isinstance(value, int) and value.bit_length() < 64)
+    text = str(value) if plain else short(value, 40)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _shown(value: object) -> str:

@@ -4,6 +4,8 @@ torchrun runs the same command in every process and shows what each prints, so a
 them meet would be printed once per process, and torchrun's SIGTERM to the survivors of a failed
 process would end them without a word. ``Torchrun`` makes rank 0 print one message and every other
 process end with its status silently; ``stopped_message`` is rank 0's line when torchrun ends it.
+A single process stopped by SIGTERM (``kill``, a batch system's time limit) reports like Ctrl-C, through
+``sigterm_raises``, and ends with the status a shell shows for SIGTERM, 143.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ddpm_core.training import distributed
@@ -29,10 +32,33 @@ QUIET_GRACE_S = 10.0  # how long a process other than rank 0 waits, after a refu
 
 
 class Terminated(BaseException):
-    """Raised in rank 0 by the SIGTERM with which torchrun ends a launch once one of its processes has ended.
+    """Raised in rank 0 by the SIGTERM with which torchrun ends a launch once one of its processes has ended, and
+    in a single process by a SIGTERM during training (``sigterm_raises``).
 
-    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way takes it for a failure.
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way takes it for a failure,
+    and every ``finally`` and atomic write on the way cleans up as it does for Ctrl-C.
     """
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[bool]:
+    """In this block a SIGTERM raises ``Terminated``, as Ctrl-C raises KeyboardInterrupt, where it would otherwise
+    end the process without a word; yields whether it does. Under torchrun ``Torchrun.watch`` has a handler of
+    its own in place, and Python takes signals in its main thread only: both are left alone."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield False
+        return
+
+    def on_sigterm(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one report: a second SIGTERM does not cut it short
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield True
+    finally:
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:  # once raised, SIGTERM stays ignored until the report
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Torchrun:

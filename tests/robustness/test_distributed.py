@@ -84,7 +84,19 @@ def worker_pid(agent: int, rank: int) -> int | None:
     ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "70000"},
      ["MASTER_PORT='70000' is not a port number", "1 to 65535"]),
     ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
-      "DDPM_RENDEZVOUS_TIMEOUT": "-3"}, ["DDPM_RENDEZVOUS_TIMEOUT='-3'", "above 0"]),
+      "DDPM_RENDEZVOUS_TIMEOUT": "-3"}, ["DDPM_RENDEZVOUS_TIMEOUT='-3'", "from 1 to 604,800"]),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+      "DDPM_RENDEZVOUS_TIMEOUT": "1e15"}, ["DDPM_RENDEZVOUS_TIMEOUT='1e15'", "from 1 to 604,800 (a week"]),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+      "DDPM_RENDEZVOUS_TIMEOUT": "1e-300"}, ["DDPM_RENDEZVOUS_TIMEOUT='1e-300'", "from 1 to 604,800"]),
+    ({"RANK": "0", "WORLD_SIZE": "1" + "0" * 30}, ["WORLD_SIZE=1000", "more than the 4,096 processes a run may have"]),
+    ({"RANK": "0", "WORLD_SIZE": "9" * 5000}, ["WORLD_SIZE='9999", "... is not a whole number"]),
+    ({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "node..cluster", "MASTER_PORT": "29500"},
+     ["MASTER_ADDR='node..cluster' is no host name or IP address", "127.0.0.1"]),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "n" * 64 + ".cluster", "MASTER_PORT": "29500"},
+     ["is no host name or IP address", "1 to 63"]),
+    ({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "x" * 300, "MASTER_PORT": "29500"},
+     ["MASTER_ADDR='xxxxx", "...", "253 characters at most"]),
 ])
 def test_unusable_launch_variables_are_refused_before_the_run_folder_is_touched(variables, words, tmp_path,
                                                                                 monkeypatch, capsys):
@@ -112,6 +124,36 @@ def test_a_malformed_rank_ends_a_real_process_with_one_paragraph_and_status_2(tm
     assert "Traceback" not in done.stderr and done.stderr.count("error: ") == 1, done.stderr
     assert "RANK='abc' is not a whole number" in done.stderr and "torchrun" in done.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "localhost", "node-1.cluster.", "gpu_07"])
+def test_host_names_and_addresses_pass_and_a_week_is_the_longest_rendezvous_timeout(address, monkeypatch):
+    for name in LAUNCH:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": address, "MASTER_PORT": "29500",
+                        "DDPM_RENDEZVOUS_TIMEOUT": "604800"}.items():
+        monkeypatch.setenv(name, value)
+    ranks = distributed.ranks_from_env()
+    assert ranks.rendezvous() == (address, 29500) and ranks.rendezvous_timeout == 604800
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_master_address_the_resolver_refuses_ends_a_process_with_one_line_and_the_advice_gets_further(tmp_path):
+    out = tmp_path / "run"
+    argv = [*DDPM, "train", "--out", str(out), *TINY_FLAGS]
+    variables = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": str(free_port()), "DDPM_RENDEZVOUS_TIMEOUT": "1"}
+    done = subprocess.run(argv, cwd=REPO, env=launch_env(**variables, MASTER_ADDR="a" * 70 + ".cluster"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "is no host name or IP address" in done.stderr and "127.0.0.1" in done.stderr
+    assert not out.exists()
+    # Its advice, followed: with MASTER_ADDR=127.0.0.1 the process goes on to wait for process 0.
+    done = subprocess.run(argv, cwd=REPO, env=launch_env(**variables, MASTER_ADDR="127.0.0.1"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "waited 1 s for process 0 to open the rendezvous at 127.0.0.1:" in done.stderr, done.stderr
 
 
 def test_a_plain_process_and_torchrun_ranks_are_read_as_such(monkeypatch):
@@ -182,7 +224,7 @@ def test_a_process_whose_peers_never_join_stops_after_the_rendezvous_timeout(ran
 @pytest.mark.slow
 @pytest.mark.parametrize("options, words", [
     ([], ["already holds a training run", "--resume"]),
-    (["--lr", "-1"], ["expected a positive number", "--lr"]),
+    (["--lr", "-1"], ["expected a learning rate above 0", "--lr"]),
 ])
 def test_a_refused_torchrun_launch_prints_its_message_once(options, words, run_copy):
     before = folder_hashes(run_copy)

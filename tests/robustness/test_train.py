@@ -473,3 +473,100 @@ def test_leftover_temporary_files_are_removed_by_the_next_run(run_copy):
     train(run_copy, TrainConfig(epochs=1, batch_size=32, num_steps=20, ema_decay=None), TINY_CONFIG, resume=True,
           images=torch.zeros(32, 1, 28, 28), device="cpu", progress=False)
     assert not any(path.exists() for path in leftovers)
+
+
+# 10. Settings that pass parsing but would crash the run later --------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flag, value, words", [
+    ("--warmup-steps", "1" + "0" * 400, ["warmup_steps must be a whole number from 0 to 10,000,000,000",
+                                         "(--warmup-steps)"]),
+    ("--epochs", "1" + "0" * 30, ["epochs must be a whole number from 1 to 100,000", "(--epochs)"]),
+    ("--subset", "1" + "0" * 30, ["subset must be a whole number from 1 to 10,000,000", "(--subset)"]),
+])
+def test_a_setting_that_would_overflow_or_never_end_is_refused_before_the_folder_is_made(flag, value, words,
+                                                                                        tmp_path, capsys):
+    out = tmp_path / "run"
+    code, output = run_cli(train_argv(out, flag, value), capsys)
+    assert_clean_failure(code, output, 2, *words)
+    assert len(output.strip().splitlines()) == 1, output
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_warmup_within_the_bound_trains(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, output = run_cli(train_argv(out, "--warmup-steps", "1" + "0" * 20, "--epochs", "1"), capsys)
+    assert_clean_failure(code, output, 2, "from 0 to 10,000,000,000")
+    code, output = run_cli(train_argv(out, "--warmup-steps", "10000000000", "--epochs", "1"), capsys)
+    assert code == 0, output
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("setting, value", [
+    ("seed", 2**64), ("num_steps", 10**9), ("batch_size", 10**400), ("lr", float("inf")), ("epochs", 2.5),
+    ("min_snr_gamma", float("nan")), ("grad_clip", 1e300), ("beta_end", "0.02"),
+])
+def test_settings_out_of_reach_of_the_command_line_are_checked_in_python_before_any_work(setting, value, tmp_path):
+    from dataclasses import replace
+
+    from ddpm_core import DDPMError
+
+    config = replace(TrainConfig(epochs=1, batch_size=32, num_steps=20), **{setting: value})
+    with pytest.raises(DDPMError, match=f"^{setting} must be"):
+        train(tmp_path / "run", config, TINY_CONFIG, images=torch.zeros(32, 1, 28, 28), device="cpu", progress=False)
+    assert RunFolder(tmp_path / "run").run_files() == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("noise_shards", [0, -2, "many", True, 10**6])
+def test_noise_shards_out_of_range_are_refused_before_any_work(noise_shards, tmp_path):
+    from ddpm_core import DDPMError
+
+    with pytest.raises(DDPMError, match="noise_shards must be a whole number from 1 to 4,096"):
+        train(tmp_path / "run", TrainConfig(epochs=1, batch_size=32, num_steps=20), TINY_CONFIG,
+              images=torch.zeros(32, 1, 28, 28), device="cpu", progress=False, noise_shards=noise_shards)
+    assert RunFolder(tmp_path / "run").run_files() == []
+
+
+# 11. The remaining advice of the training layer, followed ------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("way", ["add-conditional", "drop-p-uncond"])
+def test_p_uncond_without_conditional_is_refused_and_its_advice_works(way, tmp_path, capsys):
+    argv = train_argv(tmp_path / "run", "--epochs", "1", "--p-uncond", "0.2")
+    code, output = run_cli(argv, capsys)
+    assert_clean_failure(code, output, 2, "Add --conditional, or drop --p-uncond")
+    assert not (tmp_path / "run").exists()
+    followed = [*argv, "--conditional"] if way == "add-conditional" else argv[:-2]
+    code, output = run_cli(followed, capsys)
+    assert code == 0, output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_diverged_run_says_to_start_again_with_a_lower_rate_elsewhere_and_that_works(tmp_path, capsys):
+    out = tmp_path / "run"
+    unclipped = ["--grad-clip", "none", "--warmup-steps", "0", "--loss-weighting", "uniform", "--epochs", "2"]
+    code, output = run_cli([*train_argv(out, *unclipped), "--lr", "10"], capsys)
+    assert_clean_failure(code, output, 2, "the loss became nan", "lower learning rate (--lr) in another --out folder")
+    before = folder_hashes(out)
+    code, output = run_cli([*train_argv(tmp_path / "new", *unclipped), "--lr", "0.002"], capsys)
+    assert code == 0, output
+    assert folder_hashes(out) == before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_resumed_batch_that_does_not_fit_says_to_start_a_new_run_with_one_that_does(run3, tmp_path, capsys,
+                                                                                    monkeypatch):
+    monkeypatch.setattr(ddpm_core.training.memory, "available_memory", lambda device: _tiny_step_bytes(40))
+    code, output = run_cli(train_argv(run3, "--epochs", "4", "--resume"), capsys)
+    assert_clean_failure(code, output, 2, "keeps the batch size it was started with",
+                         "start a new run in another --out folder with --batch-size 32 or less")
+    code, output = run_cli([*train_argv(tmp_path / "new", "--epochs", "1"), "--batch-size", "32"], capsys)
+    assert code == 0, output
