@@ -12,16 +12,23 @@
 
 Before anything is written, ONNX Runtime (Python) runs the graph on random inputs at several batch
 sizes and timesteps next to PyTorch; a graph whose outputs differ by more than ``tolerance`` is
-refused. Both files are written to temporary names first and moved into place, so a failed export
-leaves any earlier files untouched.
+refused. With ``seeds``, ``seeds.json`` beside them holds x_T of seeds 0..N-1: the live panel reads
+``model.onnx``, ``model.json`` and ``seeds.json`` from one folder. Every file is written to a
+temporary name first, and none is moved into place before all are complete, so a failed or
+interrupted export leaves any earlier files untouched.
+
+ONNX and ONNX Runtime are optional dependencies (the ``export`` extra), checked before any work.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
+import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +39,24 @@ from torch import Tensor, nn
 from ddpm_core.diffusion.conditioning import require_unconditional
 from ddpm_core.diffusion.seeds import initial_noise
 from ddpm_core.training.checkpoint import LoadedModel, load_checkpoint
+from ddpm_core.utils.arguments import MAX_EXPORT_SEEDS
 from ddpm_core.utils.errors import DDPMError
-from ddpm_core.utils.files import check_output_file, parse_json, sha256_of, write_bytes
+from ddpm_core.utils.extras import require
+from ddpm_core.utils.files import (
+    MAX_JSON_BYTES,
+    check_free_space,
+    check_output_file,
+    parse_json,
+    read_small_file,
+    sha256_of,
+    write_files,
+)
 
 FORMAT = "ddpm-core-onnx/1"
 SEED_KEYS = {"seeds", "image_shape", "x_T"}  # the keys of the seeds file, which recognise it
+SEEDS_FILE = "seeds.json"  # beside the graph, whatever its name: the live panel fetches this name
+# x_T of one seed is 784 float32 in base64 (4/3 of 3,136 bytes), and its number in the list.
+MAX_SEEDS_FILE_BYTES = MAX_EXPORT_SEEDS * (4 * 784 * 4 // 3 + 16) + 4096
 OPSET = 17
 TOLERANCE = 1e-4
 CHECK_BATCHES = (1, 3, 16)
@@ -53,6 +73,7 @@ class ExportReport:
     checked_batches: tuple[int, ...]
     checked_timesteps: tuple[int, ...]
     onnx_bytes: int
+    seeds_path: Path | None = None  # x_T of the seeds, when asked for
 
 
 class _EpsilonGraph(nn.Module):
@@ -132,12 +153,16 @@ def export_onnx(
     out: str | Path,
     use_ema: bool = False,
     tolerance: float = TOLERANCE,
+    seeds: int = 0,
 ) -> ExportReport:
-    """Export a checkpoint's eps_theta to ``out`` (.onnx) and its sampler data to ``out`` with .json.
+    """Export a checkpoint's eps_theta to ``out`` (.onnx), its sampler data to ``out`` with .json, and with
+    ``seeds`` x_T of seeds 0..seeds-1 to ``seeds.json`` beside them, all written together.
 
-    Raises DDPMError for an unreadable checkpoint, a conditional model (the graph takes no labels),
-    an output that cannot be written, or a graph that ONNX Runtime does not reproduce to ``tolerance``.
+    Raises DDPMError for a missing onnx or onnxruntime, an unreadable checkpoint, a conditional model (the
+    graph takes no labels), an output that cannot be written, or a graph that ONNX Runtime does not
+    reproduce to ``tolerance``.
     """
+    require(("onnx", "onnxruntime"), "export")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise DDPMError(f"The exported model's file name should end in .onnx, got {out}.")
@@ -146,6 +171,10 @@ def export_onnx(
     require_unconditional(config.num_classes, loaded.path, "the exported graph takes x_t and t only")
     image_shape = (config.image_channels, 28, 28)
     model = loaded.model.float().eval()
+    paths = output_paths(out, seeds)
+    files = {"seeds": seed_noise_json(list(range(seeds)))} if seeds else {}
+    # The graph holds the weights in float32: a disk without room for them stops the export before the check.
+    check_free_space(out, 4 * sum(p.numel() for p in model.parameters()) + sum(map(len, files.values())))
     graph = onnx_bytes(model, image_shape)
     difference = compare_with_torch(model, graph, image_shape, loaded.schedule.num_steps)
     if not difference <= tolerance:  # also refuses NaN
@@ -154,10 +183,14 @@ def export_onnx(
             f"graph of {loaded.path}; nothing was written. Check the onnx and onnxruntime versions."
         )
     meta = export_metadata(loaded, use_ema, out.name, graph, difference, tolerance)
-    json_path = out.with_suffix(".json")
-    write_bytes(out, graph)
-    write_bytes(json_path, (json.dumps(meta, indent=1) + "\n").encode())
-    return ExportReport(out, json_path, difference, CHECK_BATCHES, CHECK_TIMESTEPS, len(graph))
+    files |= {"graph": graph, "schedule": (json.dumps(meta, indent=1) + "\n").encode()}
+    write_files({paths[name]: (_writer(data), len(data)) for name, data in files.items()})
+    return ExportReport(out, paths["schedule"], difference, CHECK_BATCHES, CHECK_TIMESTEPS, len(graph),
+                        paths.get("seeds"))
+
+
+def _writer(data: bytes) -> Callable[[str], int]:
+    return lambda tmp: Path(tmp).write_bytes(data)
 
 
 def export_metadata(loaded: LoadedModel, use_ema: bool, onnx_name: str, graph: bytes, difference: float,
@@ -193,22 +226,19 @@ def export_metadata(loaded: LoadedModel, use_ema: bool, onnx_name: str, graph: b
     }
 
 
-def write_seed_noise(seeds: list[int], out: str | Path, image_shape: tuple[int, ...] = (1, 28, 28)) -> Path:
-    """Ship x_T of ``seeds`` as JSON (float32, little-endian, base64) for a runtime without torch's generator."""
-    import base64
-
+def seed_noise_json(seeds: list[int], image_shape: tuple[int, ...] = (1, 28, 28)) -> bytes:
+    """x_T of ``seeds`` as JSON (float32, little-endian, base64), for a runtime without torch's generator."""
     noise = initial_noise(seeds, image_shape).numpy().astype("<f4")
     record = {"seeds": seeds, "image_shape": list(image_shape),
               "x_T": base64.b64encode(noise.tobytes()).decode("ascii")}
-    out = Path(out)
-    write_bytes(out, (json.dumps(record) + "\n").encode())
-    return out
+    return (json.dumps(record) + "\n").encode()
 
 
-def _read_json(path: Path) -> object:
+def _read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> object:
+    """The JSON in ``path``, or None for anything else: a missing file, a FIFO, a device, a link, bad JSON."""
     try:
-        return parse_json(path.read_bytes())
-    except (OSError, ValueError):
+        return parse_json(read_small_file(path, max_bytes, "an earlier export's file"), max_bytes=max_bytes)
+    except ValueError:  # DDPMError is one
         return None
 
 
@@ -227,7 +257,7 @@ def is_own_graph(path: Path) -> bool:
 
 def is_own_seed_file(path: Path) -> bool:
     """Whether ``path`` is a seeds file that ``write_seed_noise`` wrote."""
-    record = _read_json(path)
+    record = _read_json(path, MAX_SEEDS_FILE_BYTES)
     return isinstance(record, dict) and set(record) == SEED_KEYS
 
 
@@ -235,7 +265,7 @@ def output_paths(out: Path, seeds: int) -> dict[str, Path]:
     """The files an export writes: the graph, its schedule and provenance, and (with ``seeds``) the seeds file."""
     paths = {"graph": out, "schedule": out.with_suffix(".json")}
     if seeds:
-        paths["seeds"] = out.with_name("seeds.json")
+        paths["seeds"] = out.with_name(SEEDS_FILE)
     return paths
 
 
@@ -250,5 +280,25 @@ def check_outputs(out: Path, seeds: int, force: bool) -> dict[str, Path]:
     check_output_file(out, (".onnx",), force, "exported model", is_own=is_own_graph, example="model.onnx")
     check_output_file(paths["schedule"], (".json",), force, "schedule and provenance", is_own=is_own_schedule_file)
     if seeds:
-        check_output_file(paths["seeds"], (".json",), force, "seeds", is_own=is_own_seed_file)
+        _check_seeds_file(paths["seeds"], force)
     return paths
+
+
+def _check_seeds_file(path: Path, force: bool) -> None:
+    """Refuse what is at the seeds file's path unless export wrote it; the advice names the folder, since
+    another --out in the same folder would meet the same file."""
+    link = path.is_symlink()
+    if link or path.exists():
+        regular = path.is_file() and not link
+        if regular and is_own_seed_file(path):
+            return
+        if not (force and (regular or link)):
+            what = (f"is a symbolic link (to {os.readlink(path)})" if link else
+                    "already exists, and export did not write it" if regular else "is there and is not a file")
+            remedy = ", or pass --force to replace it" + (" (the link itself, never its target)" if link else "")
+            raise DDPMError(
+                f"{path} {what}; nothing was overwritten. With --seeds, export writes {SEEDS_FILE} beside the "
+                f"model whatever --out is called (the name the live panel reads): choose an --out in another "
+                f"folder, or move {path} away{remedy if regular or link else ''}."
+            )
+    check_output_file(path, (".json",), force, "seeds", is_own=is_own_seed_file)

@@ -15,7 +15,7 @@ from torch import Tensor
 from ddpm_core.app import flags
 from ddpm_core.utils import arguments
 from ddpm_core.utils.errors import DDPMError, NonFiniteOutputError
-from ddpm_core.utils.files import check_output_file
+from ddpm_core.utils.files import check_free_space, check_output_file
 
 DEFAULT_NUM_SAMPLES = 32
 WHAT = "samples (.png: an image grid; .npy: uint8 images, N x 28 x 28)"
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.out, (".png", ".npy"), force=args.force, example="samples.png", what=WHAT)
     options = flags.sampler_options(args)
     requested = _requested_labels(args)
+    check_free_space(args.out, _output_bytes(args.num_samples, args.out))
     loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), use_ema=args.ema)
     if next(loaded.model.parameters()).device.type == "cpu":
         keep_freed_memory()  # a quarter of each CPU step is page faults otherwise
@@ -87,6 +88,15 @@ def _requested_labels(args: argparse.Namespace) -> list[int] | None:
     if args.label is not None:
         return [args.label] * args.num_samples
     return None
+
+
+def _output_bytes(num_samples: int, out: Path) -> int:
+    """About the size of ``_write``'s file: uint8 images in a .npy, or the uncompressed grey pixels of
+    ``save_grid``'s PNG (8 images a row, 2 pixels between them, each pixel drawn 2 x 2), its own estimate."""
+    if out.suffix.lower() == ".npy":
+        return num_samples * 28 * 28 + 4096
+    columns, rows = min(num_samples, 8), -(-num_samples // 8)
+    return (columns * 30 + 2) * (rows * 30 + 2) * 2 * 2 + 4096
 
 
 def _check_finite(images: Tensor, path: object, args: argparse.Namespace) -> None:

@@ -63,8 +63,9 @@ def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= num_steps:
         raise DDPMError(
             f"steps must be an integer from 1 to the schedule's T={num_steps} (the number of network "
-            f"evaluations: the sampler visits a subsequence of the T timesteps), got {steps!r}. Use e.g. "
-            f"steps=50, or steps={num_steps} to visit every timestep."
+            f"evaluations: the sampler visits a subsequence of the T timesteps), got {steps!r}. Ask for "
+            f"{min(50, num_steps)} steps (--steps {min(50, num_steps)} on the command line), or {num_steps} to "
+            f"visit every timestep."
         )
     steps = int(steps)
     if steps == 1:

@@ -29,6 +29,7 @@ from ddpm_core.training.data import load_mnist
 from ddpm_core.training.finite_samples import check_finite_samples
 from ddpm_core.utils.device import keep_freed_memory, resolve_device
 from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.extras import require
 
 
 @dataclass
@@ -84,10 +85,11 @@ def evaluate_checkpoint(
     (sample i, seed ``seed + i``, for class i mod 10) with classifier-free guidance ``guidance``
     (default 1), and the result adds the metrics of ``metrics.conditional_scores``: "accuracy"
     (judged as asked), "diversity_mean" and "class_frechet_mean". ``guidance`` is refused for an
-    unconditional checkpoint.
+    unconditional checkpoint. The Frechet distance needs torchmetrics (the ``book`` extra), checked first.
     """
     if num_samples < 2:
         raise DDPMError(f"num_samples must be at least 2 to compare distributions, got {num_samples}.")
+    require(("torchmetrics.image.fid",), "evaluate (its Frechet distance)")  # not after minutes of sampling
     chosen = check_options(sampler, options)  # before the checkpoint is loaded
     loaded = load_checkpoint(checkpoint, device=resolve_device(device), use_ema=use_ema)
     source = f"The checkpoint {loaded.path}"

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from ddpm_core.diffusion.seeds import Trajectory
 from ddpm_core.measure.classifier import NUM_CLASSES, MNISTClassifier, predict_features, predict_logits
 from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.extras import require
 
 
 def check_images(images: Tensor, name: str, minimum: int = 1) -> None:
@@ -81,13 +82,8 @@ def frechet_distance(
         classifier: the judge, e.g. ``load_classifier()``.
         batch_size: images per forward pass.
     """
-    try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-    except ImportError:
-        raise DDPMError(
-            "frechet_distance needs torchmetrics. Install the book's extras with `pip install -e .[book]` "
-            "(or `pip install torchmetrics`)."
-        ) from None
+    require(("torchmetrics.image.fid",), "frechet_distance")
+    from torchmetrics.image.fid import FrechetInceptionDistance
     check_images(real_images, "real_images", minimum=2)
     check_images(fake_images, "fake_images", minimum=2)
     # normalize only affects torchmetrics' own Inception network; a custom extractor gets the images as given.

@@ -6,6 +6,8 @@
     progress      progress bars: live on a terminal, a few plain lines in a log
     images        8-bit grey levels from [-1, 1], image grids and PNG files
     arguments     the argument types of the command lines, each refusing a bad value clearly
+    extras        the optional dependencies, checked before any work, and the command that installs them
+    scripts       what the smaller command lines and scripts share: errors as one line, results files checked
 
 May import nothing from ``ddpm_core``.
 """

@@ -14,8 +14,14 @@ Before any long work, a command checks its outputs with ``check_output_file``: t
 existing file or link (refused unless ``--force``, or unless the package recognises the file as
 one of its own earlier outputs), and a real test write in the folder.
 
-Metadata read back from a file goes through ``parse_json``, which bounds its size and nesting
-depth, so a hostile file is refused with a message instead of exhausting memory or the stack.
+Files that belong together (an exported graph and its schedule) are written with ``write_files``:
+every one goes to its temporary file first, and none is renamed until all are complete.
+
+A file the package may have written is read back with ``read_small_file``, which refuses anything
+but a regular file within a size bound before reading a byte (a FIFO would block the command
+forever, a link to ``/dev/zero`` would feed it without end), and metadata read back goes through
+``parse_json``, which bounds its size and nesting depth, so a hostile file is refused with a
+message instead of exhausting memory or the stack.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -101,14 +108,9 @@ def remove_own_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
-def atomic_write(path: str | Path, write: Callable[[str], Any], needed_bytes: int = 0) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
-
-    The file gets the permissions an ordinary ``open`` would give it (0666 less the umask).
-    ``needed_bytes`` (an estimate of the file's size) turns a full disk into ``DiskFullError``,
-    checked before writing and again if the write fails; the file already at ``path`` is intact then.
-    """
-    path = Path(path)
+def _stage(path: Path, write: Callable[[str], Any], needed_bytes: int) -> str:
+    """Call ``write(tmp)`` on a new temporary file beside ``path``, flushed to disk with the permissions an
+    ordinary ``open`` gives; the temporary's name. Nothing is left behind if it fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if needed_bytes and shutil.disk_usage(path.parent).free < needed_bytes:
         raise disk_full(path, needed_bytes)
@@ -119,15 +121,45 @@ def atomic_write(path: str | Path, write: Callable[[str], Any], needed_bytes: in
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.replace(tmp, path)  # replaces a symbolic link itself, never its target
     except BaseException as error:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _discard(tmp)
         if isinstance(error, Exception):
             # torch.save reports a full disk as a RuntimeError of its own, so the free space decides too.
             no_space = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
             if no_space or (needed_bytes and shutil.disk_usage(path.parent).free < needed_bytes):
                 raise disk_full(path, needed_bytes) from None
+        raise
+    return tmp
+
+
+def _discard(tmp: str) -> None:
+    if os.path.exists(tmp):
+        os.remove(tmp)
+
+
+def atomic_write(path: str | Path, write: Callable[[str], Any], needed_bytes: int = 0) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
+
+    The file gets the permissions an ordinary ``open`` would give it (0666 less the umask).
+    ``needed_bytes`` (an estimate of the file's size) turns a full disk into ``DiskFullError``,
+    checked before writing and again if the write fails; the file already at ``path`` is intact then.
+    """
+    write_files({Path(path): (write, needed_bytes)})
+
+
+def write_files(files: dict[Path, tuple[Callable[[str], Any], int]]) -> None:
+    """Write several files that belong together: ``files`` maps each path to ``(write, needed_bytes)``, as
+    ``atomic_write`` takes them. Every file is written to its temporary first; only when all are complete
+    are they renamed into place, so a full disk or Ctrl-C leaves every file already there intact."""
+    staged: dict[Path, str] = {}
+    try:
+        for path, (write, needed_bytes) in files.items():
+            staged[path] = _stage(path, write, needed_bytes)
+        for path, tmp in staged.items():
+            os.replace(tmp, path)  # replaces a symbolic link itself, never its target
+    except BaseException:
+        for tmp in staged.values():
+            _discard(tmp)
         raise
 
 
@@ -135,7 +167,16 @@ def store_entry(path: str | Path, key: str, value: Any, order: list[str] | None 
     """Set ``key`` of the JSON object in ``path`` (created if missing) to ``value``, keeping the other keys,
     listed in ``order`` when given (keys it does not name last), and write it atomically."""
     path = Path(path)
-    entries = json.loads(path.read_text()) if path.exists() else {}
+    entries: Any = {}
+    if path.exists():  # a dangling link is replaced like a missing file
+        stored = read_small_file(path, MAX_JSON_BYTES, "the results file", follow_links=True)
+        try:
+            entries = parse_json(stored)
+            if not isinstance(entries, dict):
+                raise ValueError("it holds no JSON object")
+        except ValueError as error:
+            raise DDPMError(f"Cannot add {key!r} to {path}: {error}. Nothing was written; move that file "
+                            f"away.") from None
     entries[key] = value
     if order is not None:
         entries = {k: entries[k] for k in sorted(entries, key=lambda k: order.index(k) if k in order else len(order))}
@@ -146,6 +187,24 @@ def store_entry(path: str | Path, key: str, value: Any, order: list[str] | None 
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), needed_bytes=len(data))
+
+
+def check_free_space(path: Path, needed_bytes: int, flag: str = "--out") -> None:
+    """Refuse, before any work, an output of about ``needed_bytes`` on a disk with less free space than that."""
+    folder = path.parent
+    while not folder.is_dir() and folder != folder.parent:  # the folders still to be made are on its disk
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # the write itself still turns a full disk into DiskFullError
+    if free < needed_bytes:
+        raise DiskFullError(
+            f"Not enough space for {path}: about {needed_bytes / 1e6:.1f} MB are needed and {free / 1e6:.1f} MB "
+            f"are free on that disk; nothing was done. Free some space, or choose a {flag} path on another disk.",
+            str(path),
+            needed_bytes,
+        )
 
 
 def check_writable(path: Path, example: str = "samples.png") -> None:
@@ -243,3 +302,42 @@ def parse_json(text: str | bytes, max_bytes: int = MAX_JSON_BYTES, max_depth: in
         return json.loads(text)
     except (ValueError, RecursionError) as error:
         raise ValueError(f"it is not valid JSON ({str(error)[:120]})") from None
+
+
+_FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO (a named pipe)",
+               stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def _check_small_regular(path: Path, info: os.stat_result, max_bytes: int, what: str) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        target = f" to {os.readlink(path)}" if stat.S_ISLNK(info.st_mode) else ""
+        raise DDPMError(f"Cannot read {what} {path}: it is {kind}{target}, not a regular file, so it was not read.")
+    if info.st_size > max_bytes:
+        raise DDPMError(f"Cannot read {what} {path}: it is {info.st_size:,} bytes long, more than the {max_bytes:,} "
+                        f"such a file can have, so it was not read.")
+
+
+def read_small_file(path: str | Path, max_bytes: int, what: str, *, follow_links: bool = False) -> bytes:
+    """The bytes of the regular file ``path``, of at most ``max_bytes``; ``DDPMError`` naming ``what`` (such as
+    "the seeds file") for anything else.
+
+    The path is looked at first, then opened without waiting for a writer (``O_NONBLOCK``) and, unless
+    ``follow_links``, without following a symbolic link (``O_NOFOLLOW``), and checked again on the open
+    file: a FIFO, a device, a folder or a link is refused without a byte read, and a file that grows while
+    it is read is cut off.
+    """
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_links:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        _check_small_regular(path, os.stat(path) if follow_links else os.lstat(path), max_bytes, what)
+        with os.fdopen(os.open(path, flags), "rb") as file:
+            _check_small_regular(path, os.fstat(file.fileno()), max_bytes, what)  # the file that was opened
+            data = file.read(max_bytes + 1)
+    except OSError as error:
+        raise DDPMError(f"Cannot read {what} {path} ({error.strerror}).") from None
+    if len(data) > max_bytes:
+        raise DDPMError(f"Cannot read {what} {path}: it grew past {max_bytes:,} bytes while it was read.")
+    return data

@@ -1,5 +1,6 @@
 """`sample` and `evaluate` against careless input: outputs written atomically, never through a link or over a
-file the user has, settings bounded where they are parsed, and every input checked before the long sampling."""
+file the user has, settings bounded where they are parsed, and every input (free space, the schedule, the judge)
+checked before the long sampling, with advice that works when followed."""
 
 import errno
 import os
@@ -130,6 +131,10 @@ def test_more_labels_than_samples_are_refused_not_dropped(conditional_run, tmp_p
     code, output = run_cli(sample_argv(conditional_run, tmp_path / "s.png", "--labels", "1,2,3,4"), capsys)
     assert_clean_failure(code, output, 2, "--labels lists 4 classes", "--num-samples is 2", "--num-samples 4")
     assert not (tmp_path / "s.png").exists()
+    argv = sample_argv(conditional_run, tmp_path / "s.npy", "--labels", "1,2,3,4") + ["--num-samples", "4"]
+    code, output = run_cli(argv, capsys)  # the advice, followed
+    assert code == 0, output
+    assert np.load(tmp_path / "s.npy").shape == (4, 28, 28)
 
 
 def test_guidance_zero_draws_unconditional_samples_from_a_conditional_model(conditional_run, tmp_path, capsys):
@@ -213,7 +218,133 @@ def test_ddim_options_without_the_ddim_sampler_are_refused(command, flags, tiny_
     assert_clean_failure(code, output, 2, f"{flags[0]} applies only to the DDIM sampler", "--sampler ddim")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [["--steps", "5"], ["--eta", "0.5"]])
+def test_a_ddim_option_without_the_ddim_sampler_samples_once_the_sampler_is_added(flags, slow_run, tmp_path, capsys):
+    argv = ["sample", "--checkpoint", str(slow_run), "--num-samples", "2", "--out", str(tmp_path / "g.png"),
+            "--no-progress", *flags]
+    assert run_cli(argv, capsys)[0] == 2
+    code, output = run_cli(argv + ["--sampler", "ddim"], capsys)  # the advice, followed (T = 1000: DDIM's 50 fit)
+    assert code == 0, output
+
+
 def test_ema_on_a_run_without_ema_speaks_to_the_command_line(tiny_run, tmp_path, capsys):
     code, output = run_cli(["sample", "--checkpoint", str(tiny_run), "--ema", "--out", str(tmp_path / "g.png")],
                            capsys)
     assert_clean_failure(code, output, 2, "has no EMA weights", "Sample without --ema", "--ema-decay")
+
+
+# Checked before the sampling: free space, the schedule, the judge ----------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".png"])
+def test_a_disk_without_room_for_the_samples_stops_before_sampling_and_another_disk_works(
+        suffix, tiny_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import ddpm_core.diffusion.samplers
+
+    full = tmp_path / "full"
+    full.mkdir()
+    real_disk_usage, real_generate = shutil.disk_usage, ddpm_core.diffusion.samplers.generate
+
+    def disk_usage(path):
+        usage = real_disk_usage(path)
+        return usage._replace(free=1000) if Path(path).resolve() == full.resolve() else usage
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(ddpm_core.diffusion.samplers, "generate", lambda *a, **k: pytest.fail("sampled first"))
+    out = full / "not" / "yet" / f"grid{suffix}"  # the folders still to be made are on the full disk
+    code, output = run_cli(sample_argv(tiny_run, out), capsys)
+    assert_clean_failure(code, output, 2, str(out), "Not enough space", "MB are needed", "another disk")
+    assert list(full.iterdir()) == []
+    monkeypatch.setattr(ddpm_core.diffusion.samplers, "generate", real_generate)
+    code, output = run_cli(sample_argv(tiny_run, tmp_path / "roomy" / f"grid{suffix}"), capsys)  # the advice
+    assert code == 0, output
+
+
+@pytest.mark.slow
+def test_the_size_estimate_bounds_the_written_file(tiny_run, tmp_path, capsys):
+    from ddpm_core.app.sample_command import _output_bytes
+
+    for count, suffix in ((2, ".npy"), (9, ".png"), (17, ".npy"), (17, ".png")):
+        out = tmp_path / f"{count}{suffix}"
+        argv = ["sample", "--checkpoint", str(tiny_run), "--num-samples", str(count), "--out", str(out),
+                "--no-progress"]
+        assert run_cli(argv, capsys)[0] == 0
+        assert out.stat().st_size <= _output_bytes(count, out)
+
+
+def test_a_setting_named_as_the_suspect_of_non_finite_samples_can_be_ruled_out_as_advised(tiny_run, tmp_path,
+                                                                                            capsys):
+    broken = rewrite(tiny_run / "model.safetensors", tmp_path / "broken.safetensors", scale=1e15)
+    code, output = run_cli(sample_argv(broken, tmp_path / "s.png", "--noise-scale", "1.5"), capsys)
+    assert_clean_failure(code, output, 1, "with --noise-scale 1.5", "--noise-scale 1")
+    code, output = run_cli(sample_argv(broken, tmp_path / "s.png", "--noise-scale", "1"), capsys)  # as advised
+    assert_clean_failure(code, output, 1, str(broken), "Its weights are damaged")  # the checkpoint is the cause
+    assert "--noise-scale" not in output
+
+
+def _with_schedule(run: Path, target: Path, num_steps: int) -> Path:
+    from tests.helpers import stored_metadata
+
+    metadata = stored_metadata(run / "model.safetensors")
+    metadata["schedule"]["num_steps"] = metadata["train_config"]["num_steps"] = num_steps
+    return rewrite(run / "model.safetensors", target, metadata=metadata)
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate", "export"])
+def test_a_schedule_no_sampler_can_run_is_refused_by_name_not_blamed_on_the_weights(command, run_copy, capsys):
+    _with_schedule(run_copy, run_copy / "model.safetensors", 100_000)
+    out = run_copy.parent / ("grid.png" if command == "sample" else "model.onnx")
+    argv = [command, "--checkpoint", str(run_copy)] + (["--out", str(out)] if command != "evaluate" else [])
+    code, output = run_cli(argv, capsys)
+    assert_clean_failure(code, output, 2, "100,000 steps", "samplers cannot use", "alpha_bar_T", "not its weights")
+    assert "damaged or diverged" not in output and not out.exists()
+
+
+def test_the_schedule_refusal_points_at_a_file_that_samples(run_copy, tmp_path, capsys):
+    _with_schedule(run_copy, run_copy / "model.safetensors", 10_000)  # alpha_bar_T = 1e-44: denormal
+    code, output = run_cli(sample_argv(run_copy / "model.safetensors", tmp_path / "s.png"), capsys)
+    assert_clean_failure(code, output, 2, "samplers cannot use", "another epoch's file")
+    suggested = output.split("(such as ")[1].split(")")[0]
+    code, output = run_cli(sample_argv(Path(suggested), tmp_path / "s.png"), capsys)  # the advice, followed
+    assert code == 0, output
+
+
+def test_a_schedule_at_the_edge_of_float32_still_samples(run_copy, tmp_path, capsys):
+    _with_schedule(run_copy, run_copy / "model.safetensors", 5_000)  # alpha_bar_T = 1e-22
+    code, output = run_cli(sample_argv(run_copy, tmp_path / "s.npy", "--sampler", "ddim", "--steps", "5"), capsys)
+    assert code == 0, output
+
+
+@pytest.mark.parametrize("judge", ["/dev/zero", "folder", "unwritable-folder"])
+def test_the_judges_retrain_hint_names_a_writable_place_and_the_trainer_accepts_it(
+        judge, tiny_run, tmp_path, capsys, monkeypatch):
+    import shlex
+
+    import ddpm_core.measure.evaluation
+    import ddpm_core.measure.train_classifier
+
+    if judge == "folder":
+        judge = tmp_path / "judges"
+        judge.mkdir()
+    elif judge == "unwritable-folder":
+        judge = Path("/sys/judge.safetensors")
+    monkeypatch.setenv("DDPM_CLASSIFIER", str(judge))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ddpm_core.measure.evaluation, "generate", lambda *a, **k: pytest.fail("sampled first"))
+    code, output = run_cli(["evaluate", "--checkpoint", str(tiny_run), "--num-samples", "4", "--no-progress"], capsys)
+    assert_clean_failure(code, output, 2, str(judge), "ddpm_core.measure.train_classifier --out")
+    command = shlex.split(output.split("train one with `")[1].split("`")[0])
+    suggested = Path(command[command.index("--out") + 1])
+    assert not str(suggested.resolve()).startswith(("/dev", "/sys")) and suggested.parent.resolve() == tmp_path
+    reached = []
+    monkeypatch.setattr(ddpm_core.measure.train_classifier, "train_classifier",
+                        lambda out, **k: reached.append(out) or {"test_accuracy": 1.0, "test_images": 1,
+                                                                 "wall_time_s": 0})
+    assert ddpm_core.measure.train_classifier.main(command[3:]) == 0  # the hint, followed past its checks
+    assert reached == [suggested]
+    code, output = run_cli(["sample", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "g.png"), "--num-samples",
+                            "2", "--no-progress"], capsys)  # the advice, followed
+    assert code == 0, output
