@@ -10,10 +10,14 @@ command means the same thing whatever the defaults of the day are.
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 from typing import Any
 
 from ddpm_core.diffusion.unet import UNetConfig
 from ddpm_core.training import recipe
+from ddpm_core.utils.arguments import MAX_SAMPLES, bounded_int
+from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.files import check_writable
 
 TRAIN_KEYS = ("lr", "warmup_steps", "lr_decay", "grad_clip", "ema_decay", "ema_warmup", "loss_weighting",
               "min_snr_gamma")
@@ -97,3 +101,33 @@ def recipe_of(train_config: dict[str, Any], model_config: dict[str, Any]) -> dic
 def train_command(recipe: dict[str, Any], epochs: int, out: str, seed: int = 0) -> str:
     return "python -m ddpm_core train " + shlex.join(
         ["--epochs", str(epochs), "--out", out, "--seed", str(seed), *train_flags(recipe)])
+
+
+# The Frechet distance compares two distributions: it needs at least two samples of each.
+scored_samples = bounded_int(2, MAX_SAMPLES, "a number of samples",
+                             "; run the script several times with different seeds for more")
+ddim_steps = bounded_int(1, recipe.REFERENCE.num_steps, "a number of DDIM steps (1 to every step of the schedule)")
+
+
+def chosen(text: str | None, known: list[str], flag: str = "--only") -> list[str]:
+    """The comma-separated names in ``text`` (all of ``known`` when None), each refused unless it is known."""
+    if text is None:
+        return list(known)
+    names = [name.strip() for name in text.split(",")]
+    unknown = list(dict.fromkeys(name for name in names if name not in known))
+    if unknown:
+        raise DDPMError(f"{flag} names {', '.join(repr(n) for n in unknown)}, which is not one of {', '.join(known)}; "
+                        f"nothing was trained or scored.")
+    return list(dict.fromkeys(names))
+
+
+def earlier(entries: dict[str, Any], name: str) -> dict[str, Any]:
+    """The entry ``name`` of a results file read back, or an empty one when it is missing or not an object."""
+    entry = entries.get(name)
+    return entry if isinstance(entry, dict) else {}
+
+
+def check_runs_folder(out: Path, names: list[str]) -> None:
+    """Refuse, before any training, a folder of runs (``--out``) in which the runs ``names`` cannot be written."""
+    for name in names:
+        check_writable(out / name / "model.safetensors", "model.safetensors")

@@ -14,9 +14,12 @@ A row already in the results file for the same checkpoint and number of samples 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+
+from ablations.candidates import chosen, earlier, scored_samples
+from ddpm_core.utils import arguments
+from ddpm_core.utils.errors import DDPMError
 
 ROWS = {  # name: (sampler, its options)
     "ddim-10": ("ddim", {"steps": 10, "eta": 0.0}),
@@ -37,20 +40,32 @@ ROWS = {  # name: (sampler, its options)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ddpm_core.utils.scripts import run_script
+
+    return run_script(_run, argv)
+
+
+def _run(argv: list[str] | None) -> int:
     from ddpm_core.measure.evaluation import evaluate_checkpoint
     from ddpm_core.utils.files import store_entry
+    from ddpm_core.utils.scripts import results_file
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=Path("book/checkpoints/ddpm_mnist.safetensors"))
-    parser.add_argument("--results", type=Path, required=True)
+    parser = argparse.ArgumentParser(prog="python -m ablations.fast_samplers", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=arguments.file_path,
+                        default=Path("book/checkpoints/ddpm_mnist.safetensors"))
+    parser.add_argument("--results", type=arguments.file_path, required=True)
     parser.add_argument("--only", default=None, help="comma-separated row names (default: all)")
-    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--num-samples", type=scored_samples, default=1000)
     args = parser.parse_args(argv)
+    names = chosen(args.only, list(ROWS))
+    results = results_file(args.results)
+    if not args.checkpoint.exists():
+        raise DDPMError(f"No checkpoint at {args.checkpoint}: pass a model.safetensors with --checkpoint, or run "
+                        f"the script from the repository's top folder for the book's model.")
 
-    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    for name in args.only.split(",") if args.only else ROWS:
+    for name in names:
         sampler, options = ROWS[name]
-        previous = results.get(name, {})
+        previous = earlier(results, name)
         if previous.get("checkpoint") == str(args.checkpoint) and previous.get("num_samples") == args.num_samples:
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)

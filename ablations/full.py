@@ -21,12 +21,14 @@ A run whose folder already holds 15 epochs is not trained again, and a score alr
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from ablations.candidates import ROUND_TWO
+from ablations.candidates import ROUND_TWO, check_runs_folder, chosen, earlier, scored_samples
 from ablations.screen import describe_run, train_and_describe
+from ddpm_core.utils import arguments
+from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.scripts import results_file
 
 SAMPLERS = {  # name in the results: (sampler, its options)
     "ddpm1000": ("ddpm", {}),
@@ -46,26 +48,39 @@ def describe_book_model() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from ddpm_core.utils.scripts import run_script
+
+    return run_script(_run, argv)
+
+
+def _run(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ablations.full", description=__doc__.splitlines()[0])
     parser.add_argument("--only", required=True, help="comma-separated candidate names of round two, or book")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--out", type=Path, default=Path("runs/full2"))
-    parser.add_argument("--results", type=Path, required=True)
-    parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--train-seed", type=int, default=0, help="training seed (default 0, the book's)")
+    parser.add_argument("--epochs", type=arguments.positive_int, default=15)
+    parser.add_argument("--out", type=arguments.folder, default=Path("runs/full2"))
+    parser.add_argument("--results", type=arguments.file_path, required=True)
+    parser.add_argument("--num-samples", type=scored_samples, default=1000)
+    parser.add_argument("--train-seed", type=arguments.seed_int, default=0,
+                        help="training seed (default 0, the book's)")
     parser.add_argument("--second-seed-set", action="store_true",
                         help="also score DDPM-1000 on the next NUM_SAMPLES seeds")
     args = parser.parse_args(argv)
+    candidates = chosen(args.only, list(ROUND_TWO))  # "book" among them: the committed model
+    results = results_file(args.results)
+    if "book" in candidates and not BOOK_MODEL.is_file():
+        raise DDPMError(f"The book's model {BOOK_MODEL} is not there: run the script from the repository's top "
+                        f"folder, where book/ is.")
+    check_runs_folder(args.out, [name if args.train_seed == 0 else f"{name}_seed{args.train_seed}"
+                                 for name in candidates if name != "book"])
 
     from ddpm_core.measure.evaluation import evaluate_checkpoint
     from ddpm_core.training.run_folder import RunFolder
     from ddpm_core.utils.files import store_entry
 
-    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     samplers = {key: (sampler, options, 0) for key, (sampler, options) in SAMPLERS.items()}  # and the first seed
     if args.second_seed_set:
         samplers[SECOND_SEED_SET] = ("ddpm", {}, args.num_samples)
-    for candidate in args.only.split(","):
+    for candidate in candidates:
         name = candidate if args.train_seed == 0 else f"{candidate}_seed{args.train_seed}"
         if candidate == "book":  # chapter 7 scores seeds 0 to 999 from its sample set
             weights, entry = BOOK_MODEL, describe_book_model()
@@ -76,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             todo = samplers
         for key in ("model_config", "train_config"):  # the command spells them out
             entry.pop(key)
-        previous = results.get(name, {})
+        previous = earlier(results, name)
         if SECOND_SEED_SET in previous and SECOND_SEED_SET not in todo:
             entry[SECOND_SEED_SET] = previous[SECOND_SEED_SET]  # scored by an earlier call
         for key, (sampler, options, seed) in todo.items():
-            if key in previous and previous[key].get("num_samples") == args.num_samples:
+            if earlier(previous, key).get("num_samples") == args.num_samples:
                 entry[key] = previous[key]
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] scoring {name} with {key}", flush=True)

@@ -14,14 +14,26 @@ A run whose folder already holds ``epochs`` epochs is not trained again.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ablations.candidates import CANDIDATES, ROUND_TWO, recipe_of, train_command, train_flags
+from ablations.candidates import (
+    CANDIDATES,
+    ROUND_TWO,
+    check_runs_folder,
+    chosen,
+    ddim_steps,
+    earlier,
+    recipe_of,
+    scored_samples,
+    train_command,
+    train_flags,
+)
+from ddpm_core.utils import arguments
+from ddpm_core.utils.errors import DDPMError
 
 
 def _trained_epochs(folder: Path) -> int:
@@ -53,7 +65,10 @@ def train_and_describe(name: str, candidate: dict, epochs: int, out: Path, seed:
                    "--seed", str(seed), "--no-progress", *train_flags(candidate["recipe"])]
         resume = ["--resume"] if RunFolder(folder).resumable() else []
         print(f"[{time.strftime('%H:%M:%S')}] training {name}: {shlex.join(command[1:])}", flush=True)
-        subprocess.run(command + resume, check=True)
+        done = subprocess.run(command + resume)
+        if done.returncode != 0:
+            raise DDPMError(f"Training {name} stopped with exit status {done.returncode} (its message is above); "
+                            f"the runs finished before it are kept.")
     meta = read_metadata(RunFolder(folder).weights)
     command = train_command(recipe_of(meta["train_config"], meta["model_config"]), epochs, f"{out}/{name}",
                             int(meta["seed"]))
@@ -85,37 +100,44 @@ def score(checkpoint: Path, use_ema: bool, num_samples: int, seed: int, sampler:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ddpm_core.utils.files import store_entry
+    from ddpm_core.utils.scripts import run_script
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("runs/screen"))
-    parser.add_argument("--results", type=Path, required=True)
+    return run_script(_run, argv)
+
+
+def _run(argv: list[str] | None) -> int:
+    from ddpm_core.utils.files import store_entry
+    from ddpm_core.utils.scripts import results_file
+
+    parser = argparse.ArgumentParser(prog="python -m ablations.screen", description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=arguments.positive_int, default=2)
+    parser.add_argument("--out", type=arguments.folder, default=Path("runs/screen"))
+    parser.add_argument("--results", type=arguments.file_path, required=True)
     parser.add_argument("--round", type=int, choices=(1, 2), default=1,
                         help="1: the recipes of round one; 2: the layouts and objectives of round two")
     parser.add_argument("--only", default=None, help="comma-separated candidate names (default: all)")
-    parser.add_argument("--num-samples", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=100_000, help="first sampling seed (unrelated to the book's)")
-    parser.add_argument("--steps", type=int, default=100, help="DDIM steps for scoring")
+    parser.add_argument("--num-samples", type=scored_samples, default=500)
+    parser.add_argument("--seed", type=arguments.seed_int, default=100_000,
+                        help="first sampling seed (unrelated to the book's)")
+    parser.add_argument("--steps", type=ddim_steps, default=100, help="DDIM steps for scoring")
     args = parser.parse_args(argv)
 
     candidates = CANDIDATES if args.round == 1 else ROUND_TWO
-    names = args.only.split(",") if args.only else list(candidates)
-    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    names = chosen(args.only, list(candidates))
+    results = results_file(args.results)
+    check_runs_folder(args.out, names)
     for name in names:
-        folder = args.out / name
         entry = train_and_describe(name, candidates[name], args.epochs, args.out)
-        previous = results.get(name, {})
+        previous = earlier(results, name)
         for use_ema in (False, True):
             key = "ema" if use_ema else "raw"
             if previous.get("epochs") == args.epochs and key in previous:  # already scored
                 entry[key] = previous[key]
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] scoring {name} ({key})", flush=True)
-            entry[key] = score(folder, use_ema, args.num_samples, args.seed, "ddim", args.steps)
+            entry[key] = score(args.out / name, use_ema, args.num_samples, args.seed, "ddim", args.steps)
             print(f"  Frechet {entry[key]['frechet_distance']:.2f}  confident {entry[key]['confident_fraction']:.3f}"
                   f"  class max/min {entry[key]['class_ratio']:.2f}", flush=True)
-        args.results.parent.mkdir(parents=True, exist_ok=True)
         store_entry(args.results, name, entry)
     return 0
 

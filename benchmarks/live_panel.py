@@ -34,7 +34,10 @@ import torch
 
 from benchmarks._common import positive_int, print_table
 from ddpm_core.training.checkpoint import load_checkpoint
+from ddpm_core.utils.arguments import folder
 from ddpm_core.utils.device import device_description, keep_freed_memory
+from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.scripts import run_script
 
 PAGE = "book/05_generation.html"
 CHECKPOINT = Path("book/checkpoints/ddpm_mnist.safetensors")
@@ -130,14 +133,14 @@ def torch_ms_per_call(model, batch: int, calls: int, threads: int) -> float:
         torch.set_num_threads(previous)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--site", type=Path, default=Path("_build/html"), help="the built book (default _build/html)")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.live_panel", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--site", type=folder, default=Path("_build/html"), help="the built book (default _build/html)")
     parser.add_argument("--calls", type=positive_int, default=50, help="network calls per timing (default 50)")
     parser.add_argument("--quick", action="store_true", help="few calls, DDIM-10 for the wall time, no DDPM-1000")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not (args.site / "_static" / "ort" / "ort.wasm.min.js").is_file():
-        raise SystemExit(f"{args.site} has no live panel runtime: run make book (with npm installed) first.")
+        raise DDPMError(f"{args.site} has no live panel runtime: run make book (with npm installed) first.")
     calls = 5 if args.quick else args.calls
     keep_freed_memory()
     model = load_checkpoint(CHECKPOINT).model.eval()
@@ -161,7 +164,7 @@ def main() -> None:
                 url = f"{base}/{PAGE}" + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
                 state = open_panel(driver, url)
                 if cross_origin and not state["isolated"]:
-                    raise SystemExit(f"{url} is not cross-origin isolated; threads stay off")
+                    raise DDPMError(f"{url} is not cross-origin isolated; threads stay off")
                 one = browser_ms_per_call(driver, 1, calls)
                 sixteen = browser_ms_per_call(driver, 16, max(calls // 4, 2))
                 rows.append([name, f"{one:.2f}", f"{one / ms_torch[1, 1]:.2f}", f"{one / ms_torch[1, 2]:.2f}",
@@ -189,4 +192,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

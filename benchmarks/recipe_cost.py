@@ -25,12 +25,14 @@ import time
 import torch
 
 from ablations.candidates import CANDIDATES, ROUND_TWO
-from benchmarks._common import positive_int, print_table
+from benchmarks._common import DEVICE_HELP, batch_size, device_name, positive_int, print_table
 from ddpm_core.diffusion.objective import LabelDropout, train_step
 from ddpm_core.diffusion.unet import UNetConfig, count_parameters
 from ddpm_core.diffusion.unet_variants import build_unet
 from ddpm_core.training.recipe import RecipeHooks, TrainConfig, timestep_weights
+from ddpm_core.utils.arguments import positive_float
 from ddpm_core.utils.device import device_description, keep_freed_memory, resolve_device
+from ddpm_core.utils.scripts import run_script
 
 MODEL_KEYS = ("channels", "time_embed_dim", "attention", "downsample", "zero_init", "num_groups", "dropout",
               "prediction", "num_classes")
@@ -68,18 +70,18 @@ class RecipeStep:
         self.calls += 1
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.recipe_cost", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", type=device_name, default="auto", help=DEVICE_HELP)
     parser.add_argument("--steps", type=positive_int, default=15, help="timed steps per recipe and round")
     parser.add_argument("--rounds", type=positive_int, default=3, help="rounds; the best of each recipe counts")
-    parser.add_argument("--batch-size", type=positive_int, default=128)
-    parser.add_argument("--reference-minutes", type=float, default=35.4,
+    parser.add_argument("--batch-size", type=batch_size, default=128)
+    parser.add_argument("--reference-minutes", type=positive_float, default=35.4,
                         help="measured 15-epoch time of the reference recipe (default 35.4, idle 2-core CPU)")
     parser.add_argument("--round", type=int, choices=(1, 2), default=1,
                         help="1: the recipes of round one against the reference; 2: round two's against the book's")
     parser.add_argument("--quick", action="store_true", help="2 steps, 1 round, batch 16: checks that it runs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.rounds, args.batch_size = 2, 1, 16
     device = resolve_device(args.device)
@@ -116,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -34,14 +34,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from benchmarks._common import positive_int, print_table
+from benchmarks._common import DEVICE_HELP, device_name, positive_int, print_table, sample_count, schedule_steps
 from ddpm_core.diffusion.ddim import ddim_sample
 from ddpm_core.diffusion.sampling import sample
 from ddpm_core.diffusion.schedule import NoiseSchedule
 from ddpm_core.diffusion.unet import UNet
 from ddpm_core.training.checkpoint import load_checkpoint
+from ddpm_core.utils.arguments import file_path
 from ddpm_core.utils.device import device_description, keep_freed_memory, resolve_device
 from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.scripts import run_script
 
 DIFFUSERS_VARIANCE = {"posterior": "fixed_small", "beta": "fixed_large"}
 
@@ -82,17 +84,18 @@ def diffusers_sample(model: UNet, scheduler, seeds: list[int]) -> Tensor:
     return x.cpu()
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sampling", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--checkpoint", default=None, help="a model.safetensors or training folder (default: untrained)"
+        "--checkpoint", type=file_path, default=None, help="a model.safetensors or training folder (default: untrained)"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--num-samples", type=positive_int, default=32, help="batch of samples generated together")
+    parser.add_argument("--device", type=device_name, default="auto", help=DEVICE_HELP)
+    parser.add_argument("--num-samples", type=sample_count, default=32, help="batch of samples generated together")
     parser.add_argument(
-        "--steps", type=positive_int, default=None, help="T of the DDPM samplers (default: 1000, or the checkpoint's T)"
+        "--steps", type=schedule_steps, default=None,
+        help="T of the DDPM samplers (default: 1000, or the checkpoint's T)",
     )
-    parser.add_argument("--ddim-steps", type=positive_int, default=50, help="S of the DDIM sampler")
+    parser.add_argument("--ddim-steps", type=schedule_steps, default=50, help="S of the DDIM sampler")
     parser.add_argument("--variance", choices=sorted(DIFFUSERS_VARIANCE), default="posterior")
     parser.add_argument(
         "--repeats",
@@ -108,18 +111,15 @@ def parse_args() -> argparse.Namespace:
         help="a tiny run to check that everything works: defaults become --num-samples 4 --ddim-steps 5 "
         "and, without a checkpoint, --steps 20",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:  # smaller defaults; flags given explicitly still win
         parser.set_defaults(num_samples=4, ddim_steps=5, **({} if args.checkpoint else {"steps": 20}))
-        args = parser.parse_args()
+        args = parser.parse_args(argv)
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+def model_and_schedule(args: argparse.Namespace, device: torch.device) -> tuple[UNet, NoiseSchedule, str]:
+    """The model to time, its schedule and a description of its weights, after checking the step counts."""
     if args.checkpoint:
         loaded = load_checkpoint(args.checkpoint, device=device)
         model, schedule = loaded.model, loaded.schedule
@@ -134,6 +134,18 @@ def main() -> None:
         model = UNet().to(device).eval()
         schedule = NoiseSchedule(num_steps=args.steps or 1000)
         weights = "untrained (timing does not depend on the weights)"
+    if args.ddim_steps > schedule.num_steps:
+        raise DDPMError(f"--ddim-steps {args.ddim_steps} is more than the schedule's T={schedule.num_steps}: DDIM "
+                        f"visits at most every timestep once. Pass --ddim-steps {schedule.num_steps} or fewer.")
+    return model, schedule, weights
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model, schedule, weights = model_and_schedule(args, device)
     T = schedule.num_steps
     seeds = list(range(args.num_samples))
 
@@ -223,7 +235,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DDPMError as error:
-        raise SystemExit(f"error: {error}") from None
+    raise SystemExit(run_script(main))

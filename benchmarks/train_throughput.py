@@ -43,15 +43,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks._common import positive_int, print_table
+from benchmarks._common import DEVICE_HELP, batch_size, device_name, positive_int, print_table, thread_counts
 from ddpm_core.diffusion.objective import per_sample_loss
 from ddpm_core.diffusion.schedule import NoiseSchedule
 from ddpm_core.diffusion.unet import UNet, count_parameters
+from ddpm_core.utils.arguments import bounded_int
 from ddpm_core.utils.device import device_description, keep_freed_memory, resolve_device
 from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.scripts import run_script
 
 LR = 2e-4  # as in TrainConfig
 POOL = 4  # distinct random batches cycled through, so no step reuses the previous step's inputs
+# Data-parallel rows: each Gloo process takes one thread and a share of the batch; 0 or 1 skips them.
+process_count = bounded_int(0, 64, "a number of processes")
 
 # A diffusers UNet2DModel close to ours: 337,641 parameters (ours: 324,705, +4.0 %) and 120.9 MFLOP
 # per image forward (ours: 121.5). Like ours it has three resolutions (28, 14, 7), GroupNorm with
@@ -174,20 +178,22 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ..
     return best
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", type=device_name, default="auto", help=DEVICE_HELP)
     parser.add_argument("--steps", type=positive_int, default=20, help="timed training steps per variant and round")
     parser.add_argument("--warmup", type=positive_int, default=3, help="untimed steps before timing each variant")
     parser.add_argument("--rounds", type=positive_int, default=3, help="timed rounds per variant; the best is reported")
-    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--batch-size", type=batch_size, default=128)
     parser.add_argument(
         "--threads",
+        type=thread_counts,
         default=None,
         help="comma-separated CPU thread counts for the extra threads rows (default: 1 and the number of cores)",
     )
     parser.add_argument("--no-diffusers", action="store_true", help="skip the comparison with diffusers")
-    parser.add_argument("--processes", type=int, default=2,
+    parser.add_argument("--processes", type=process_count, default=2,
                         help="CPU only: also time data-parallel training in this many Gloo processes of one thread "
                              "each, the global batch split among them (default 2; 0: skip)")
     parser.add_argument("--ddp-only", action="store_true", help="time only the data-parallel rows and their baselines")
@@ -197,15 +203,18 @@ def parse_args() -> argparse.Namespace:
         help="a tiny run to check that everything works: defaults become --steps 2 --warmup 1 --rounds 1 "
         "--batch-size 16 and small matrices",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:  # smaller defaults; flags given explicitly still win
         parser.set_defaults(steps=2, warmup=1, rounds=1, batch_size=16)
-        args = parser.parse_args()
+        args = parser.parse_args(argv)
+    if args.processes > 1 and args.batch_size % args.processes:
+        parser.error(f"--batch-size {args.batch_size} does not split over --processes {args.processes}; "
+                     f"pass a batch size that is a multiple of it")
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     device = resolve_device(args.device)
     default_threads = torch.get_num_threads()
     schedule = NoiseSchedule()
@@ -241,8 +250,8 @@ def main() -> None:
                 keep_freed_memory=False,
             ),
         )
-        wanted = args.threads.split(",") if args.threads else ["1", str(os.cpu_count() or 1)]
-        for threads in sorted({int(n) for n in wanted} - {default_threads}):
+        wanted = args.threads or (1, os.cpu_count() or 1)
+        for threads in sorted(set(wanted) - {default_threads}):
             variants.append(Variant("channels_last fp32", channels_last=True, bf16=False, threads=threads))
 
     if args.ddp_only:
@@ -319,9 +328,7 @@ def compare_data_parallel(schedule: NoiseSchedule, args: argparse.Namespace, def
 
     import torch.multiprocessing as mp
 
-    world = args.processes
-    if args.batch_size % world:
-        raise DDPMError(f"--batch-size {args.batch_size} does not split over {world} processes.")
+    world = args.processes  # parse_args made sure that it divides the batch
     cpu = torch.device("cpu")
     single = {}
     for threads in sorted({1, default_threads}):
@@ -400,7 +407,4 @@ def compare_with_diffusers(
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DDPMError as error:
-        raise SystemExit(f"error: {error}") from None
+    raise SystemExit(run_script(main))

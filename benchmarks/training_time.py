@@ -15,6 +15,9 @@ Measure on an otherwise idle machine: another job on the same cores slows every 
 
     python -m benchmarks.training_time                 # 300 steps, writes book/results/training_time.json
     python -m benchmarks.training_time --steps 20 --out /tmp/t.json   # a quick check that it runs
+
+``--out`` is checked before any timing: a file there that is not an earlier estimate, or a symbolic
+link, is replaced only with ``--force`` (and a link itself, never the file it points to).
 """
 
 from __future__ import annotations
@@ -28,23 +31,43 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import positive_int
 from ddpm_core.training.data import load_mnist
 from ddpm_core.training.loop import train
 from ddpm_core.training.recipe import TrainConfig
+from ddpm_core.utils import arguments
 from ddpm_core.utils.device import device_description, resolve_device
-from ddpm_core.utils.files import write_bytes
+from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.files import check_output_file, write_bytes
+from ddpm_core.utils.scripts import read_json_object, run_script
 
 TRAINING_IMAGES = 60_000
 RESULT = Path("book/results/training_time.json")
 
 
+def is_estimate(path: Path) -> bool:
+    """Whether ``path`` holds an estimate that this script wrote (which it may replace without --force)."""
+    try:
+        return "seconds_per_step" in read_json_object(path, "an estimate", "")
+    except DDPMError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=positive_int, default=300, help="optimiser steps to time (default 300)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
-    parser.add_argument("--out", type=Path, default=RESULT, help=f"the JSON file to write (default {RESULT})")
+    return run_script(_run, argv)
+
+
+def _run(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training_time", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=arguments.positive_int, default=300,
+                        help="optimiser steps to time (default 300)")
+    parser.add_argument("--device", type=arguments.device_name, default="cpu",
+                        help="auto, cpu, cuda, cuda:N or mps (default: cpu)")
+    parser.add_argument("--out", type=arguments.file_path, default=RESULT,
+                        help=f"the JSON file to write (default {RESULT})")
+    parser.add_argument("--force", action="store_true", help="replace a file at --out that is not an estimate")
     args = parser.parse_args(argv)
+    check_output_file(args.out, (".json",), args.force, "training-time estimate", is_estimate, "--out",
+                      "training_time.json")
 
     book = TrainConfig()
     device = resolve_device(args.device)
@@ -70,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         "measured_on": time.strftime("%Y-%m-%d"),
         "torch": torch.__version__,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
     print(f"{steps} steps in {seconds:.1f} s on {result['machine']}: "
           f"{per_step * 1000:.0f} ms per step, so about {result['estimated_minutes']:.0f} minutes for the "

@@ -159,7 +159,7 @@ def test_unknown_names_and_settings_are_refused_with_the_known_ones():
 def test_a_damaged_file_is_refused_with_how_to_restore_it(tmp_path):
     path = tmp_path / "broken.npz"
     path.write_bytes(b"not a zip file")
-    with pytest.raises(DDPMError, match="not a readable sample set.*git checkout broken.npz"):
+    with pytest.raises(DDPMError, match="broken.npz is not a readable sample set.*generated again"):
         read_record(path)
 
 
@@ -207,8 +207,10 @@ def test_the_command_lists_the_sets_and_generates_the_named_ones(store, capsys):
     assert sample_sets.status("tiny") == "missing"
     assert main(["tiny"]) == 0
     assert sample_sets.status("tiny") == "stored"
+    capsys.readouterr()
     assert main(["tiny", "ddpm999"]) == 2  # refused before anything is generated
-    assert "no sample set called 'ddpm999'" in capsys.readouterr().out
+    refused = capsys.readouterr()
+    assert "no sample set called 'ddpm999'" in refused.err and refused.out == ""
 
 
 def test_a_set_with_a_bug_is_made_by_the_broken_package_and_stored_as_its_own(store):
@@ -227,3 +229,19 @@ def test_a_set_with_a_bug_is_made_by_the_broken_package_and_stored_as_its_own(st
     assert 2 / 255 < gap.max() < 6 * sigma_1 + 1 / 255
     assert "bug" not in clean.definition() and broken.definition()["bug"] == "noise-at-t1"
     assert "/ 127.5 - 1.0" in bug("images-0-1").edits[0].old  # the package itself is left as it was
+
+
+def test_a_damaged_stored_set_is_generated_again_by_the_command_its_message_suggests(store, capsys):
+    from ddpm_core.book.sample_sets_cli import main
+
+    assert main(["tiny"]) == 0
+    path = store / "samples" / "tiny.npz"
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    capsys.readouterr()
+    assert main([]) == 2
+    suggested = "`python -m ddpm_core.book.sample_sets_cli tiny`"
+    assert suggested in capsys.readouterr().err
+    with pytest.raises(DDPMError, match=suggested):
+        load_samples("tiny", progress=False)
+    assert main(suggested.strip("`").split()[3:]) == 0  # the command, run as suggested, replaces the file
+    assert sample_sets.status("tiny") == "stored" and len(read_record(path)[0].samples) == 6

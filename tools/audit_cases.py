@@ -11,6 +11,7 @@ unchanged. The unit tests (``tests/robustness/``) assert the same; this is the l
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -172,7 +173,8 @@ def messages(a: Audit) -> None:
                                                              "--resume", "--conditional", *TINY])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m tools.audit_cases", description=__doc__.splitlines()[0]).parse_args(argv)
     audit = Audit(Path(tempfile.mkdtemp(prefix="ddpm-audit-")))
     for title, section in (("Data loss", data_loss), ("Tracebacks", tracebacks), ("Messages", messages)):
         print(f"\n{title}")

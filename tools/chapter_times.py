@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ddpm_core.utils.files import store_entry
+from ddpm_core.utils.arguments import positive_float
+from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.files import check_writable, store_entry, write_bytes
+from ddpm_core.utils.scripts import read_json_object, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "book" / "results" / "chapter_times.json"
@@ -43,7 +45,11 @@ def chapters() -> list[str]:
 def fresh_clone() -> Path:
     """A clone of the current commit: what a reader gets (uncommitted changes are not in it)."""
     root = Path(tempfile.mkdtemp(prefix="ddpm-fresh-clone-"))
-    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(root / "book-clone")], check=True)
+    done = subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(root / "book-clone")],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise DDPMError(f"Cannot clone {REPO} (git clone stopped with exit status {done.returncode}: "
+                        f"{done.stderr.strip()[-200:]}); the chapters are timed in a fresh clone of a git checkout.")
     return root / "book-clone"
 
 
@@ -78,7 +84,7 @@ def machine() -> tuple[str, int]:
 
 
 def table(results: dict) -> str:
-    rows = [f"Measured from a fresh clone on {results['machine']}, {results['measured_on']} "
+    rows = [f"Measured from a fresh clone on {results.get('machine')}, {results.get('measured_on')} "
             f"(`python -m tools.chapter_times`):", "",
             "| chapter | run time |", "| --- | ---: |"]
     for name, entry in sorted(results["chapters"].items()):
@@ -98,19 +104,40 @@ def readme_with(text: str, block: str) -> str:
     """The README with ``block`` between its chapter-times markers (placed after the training time the first time)."""
     if START not in text:
         if ANCHOR not in text:
-            raise SystemExit(f"README.md has neither the {START} block nor the line {ANCHOR.strip()!r}.")
+            raise DDPMError(f"README.md has neither the {START} block nor the line {ANCHOR.strip()!r}; "
+                            f"nothing was timed.")
         text = text.replace(ANCHOR, f"{ANCHOR}\n{INTRODUCTION}\n{START}\n{END}\n", 1)
     head, rest = text.split(START, 1)
     return f"{head}{START}\n{block}\n{END}{rest.split(END, 1)[1]}"
 
 
+def stored_results() -> dict:
+    """The stored results (none yet when the file is missing), refused before any work if they are damaged."""
+    if not RESULTS.exists():
+        return {"chapters": {}}
+    remedy = f"Nothing was timed; restore it with `git checkout {RESULTS.relative_to(REPO)}`."
+    stored = read_json_object(RESULTS, "the chapters' run times (a JSON object)", remedy)
+    entries = stored.get("chapters")
+    if not isinstance(entries, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("seconds"), int | float) and isinstance(e.get("finished"), bool)
+            for e in entries.values()):
+        raise DDPMError(f"{RESULTS} has no \"chapters\" object of run times in seconds. {remedy}")
+    return stored
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Time each chapter's default run from a fresh clone.")
+    return run_script(_run, argv)
+
+
+def _run(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.chapter_times",
+                                     description="Time each chapter's default run from a fresh clone.")
     parser.add_argument("chapters", nargs="*", help="chapter names such as 05_generation (default: all)")
-    parser.add_argument("--limit", type=float, default=LIMIT_MINUTES + 5, help="stop a chapter after this many minutes")
+    parser.add_argument("--limit", type=positive_float, default=LIMIT_MINUTES + 5,
+                        help="stop a chapter after this many minutes")
     parser.add_argument("--check", action="store_true", help="only check that the README shows the stored results")
     args = parser.parse_args(argv)
-    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"chapters": {}}
+    stored = stored_results()
     if args.check:
         if not stored["chapters"]:
             return 0 if START not in README.read_text() else 1  # nothing measured, nothing shown
@@ -119,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
             print("README.md's table of chapter times is stale: run python -m tools.chapter_times", file=sys.stderr)
             return 1
         return 0
-    unknown = set(args.chapters) - set(chapters())
+    unknown = sorted(set(args.chapters) - set(chapters()))
     if unknown:
-        raise SystemExit(f"No chapter called {sorted(unknown)}; the chapters are {', '.join(chapters())}.")
+        raise DDPMError(f"No chapter called {unknown}; the chapters are {', '.join(chapters())}.")
+    readme_with(README.read_text(), "")  # the README has its markers: checked before hours of timing
+    check_writable(README, README.name)
+    check_writable(RESULTS, RESULTS.name)
     clone = fresh_clone()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True,
                             text=True, check=True).stdout.strip()
@@ -134,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     stored |= {"machine": name_of_machine, "threads": threads, "measured_on": datetime.date.today().isoformat()}
     for key in ("machine", "threads", "measured_on"):
         store_entry(RESULTS, key, stored[key])
-    README.write_text(readme_with(README.read_text(), table(stored)))
+    text = readme_with(README.read_text(), table(stored))
+    write_bytes(README, text.encode("utf-8"))  # atomically: a killed run leaves the README as it was
     return 0 if all(entry["finished"] for entry in stored["chapters"].values()) else 1
 
 

@@ -19,6 +19,12 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from ddpm_core.utils.arguments import file_path, non_negative_int, positive_int
+from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.files import atomic_write
+from ddpm_core.utils.scripts import run_script
 
 
 def merged_streams(outputs: list) -> list:
@@ -44,6 +50,9 @@ def execute_cells(path: Path, cells: list[int], store: list[int], timeout: int |
     try:
         NotebookClient(subset, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(path.parent)}}).execute()
+    except CellExecutionError as error:
+        raised = f"{error.ename}: {error.evalue}"[:300]
+        raise DDPMError(f"A cell of {path} raised {raised}; nothing was stored, the chapter is as it was.") from None
     finally:
         if env_quick is not None:
             os.environ["DDPM_QUICK"] = env_quick
@@ -51,24 +60,46 @@ def execute_cells(path: Path, cells: list[int], store: list[int], timeout: int |
         if index in store:
             notebook.cells[index].outputs = merged_streams(executed.outputs)
             notebook.cells[index].execution_count = executed.execution_count
-    nbformat.write(notebook, path)
+    atomic_write(path, lambda tmp: nbformat.write(notebook, tmp))  # a killed write leaves the chapter as it was
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebook", type=Path)
-    parser.add_argument("cells", type=int, nargs="*", help="indices of the cells to run, in order")
-    parser.add_argument("--store", type=int, nargs="*", default=None,
+def read_notebook(path: Path) -> nbformat.NotebookNode:
+    """The chapter at ``path``, refused in one line when it is not a notebook that can be read."""
+    if path.suffix != ".ipynb" or not path.is_file():
+        raise DDPMError(f"{path} is not a notebook file: pass a chapter such as book/01_forward_process.ipynb.")
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as error:  # JSON that is no notebook fails with whatever error nbformat's conversion meets
+        raise DDPMError(f"Cannot read {path} as a notebook ({str(error)[:200]}).") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(_run, argv)
+
+
+def _run(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.execute_cells", description=__doc__.splitlines()[0])
+    parser.add_argument("notebook", type=file_path)
+    parser.add_argument("cells", type=non_negative_int, nargs="*", help="indices of the cells to run, in order")
+    parser.add_argument("--store", type=non_negative_int, nargs="*", default=None,
                         help="the cells whose outputs are written back (default: every cell run)")
     parser.add_argument("--all", action="store_true", help="run and store every cell")
-    parser.add_argument("--timeout", type=int, default=None, help="seconds per cell (default: none)")
-    args = parser.parse_args()
-    notebook = nbformat.read(args.notebook, as_version=4)
+    parser.add_argument("--timeout", type=positive_int, default=None, help="seconds per cell (default: none)")
+    args = parser.parse_args(argv)
+    notebook = read_notebook(args.notebook)
     cells = list(range(len(notebook.cells))) if args.all else args.cells
     store = cells if args.store is None or args.all else args.store
+    if not cells:
+        parser.error("name the cells to run, such as 2 5, or pass --all")
+    beyond = sorted({i for i in [*cells, *store] if i >= len(notebook.cells)})
+    if beyond:
+        parser.error(f"{args.notebook} has {len(notebook.cells)} cells, numbered from 0: there is no cell {beyond}")
+    if not set(store) <= set(cells):
+        parser.error(f"--store names cells that are not run: {sorted(set(store) - set(cells))}")
     execute_cells(args.notebook, cells, store, args.timeout)
     print(f"{args.notebook}: ran cells {cells}, stored {store}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -26,7 +26,11 @@ import time
 from pathlib import Path
 
 from ddpm_core.book.bugs import BUGS, REPO, VERDICTS, copy_with, env_of
+from ddpm_core.book.checkout import require_checkout
+from ddpm_core.utils.arguments import file_path
+from ddpm_core.utils.errors import DDPMError
 from ddpm_core.utils.files import store_entry
+from ddpm_core.utils.scripts import results_file, run_script
 
 NBVAL = ["--nbval-lax", "--nbval-sanitize-with", "book/nbval_sanitize.cfg"]  # as `make nbtest` runs the chapters
 MUTANTS = BUGS  # every bug of ddpm_core.book.bugs: the chapter's gallery and the formulas the unit tests guard
@@ -72,13 +76,25 @@ def keep(path: Path, name: str, unit: str, chapter: str, caught: bool) -> None:
                 order=[m.name for m in MUTANTS])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="Apply each mutant to a scratch copy and report what catches it.")
+def main(argv: list[str] | None = None) -> int:
+    return run_script(_run, argv)
+
+
+def _run(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.mutants",
+                                     description="Apply each mutant to a scratch copy and report what catches it.")
     parser.add_argument("--only", action="append", help="run only this mutant (repeatable)")
     parser.add_argument("--no-chapters", action="store_true", help="skip the chapters (unit tests only)")
-    parser.add_argument("--results", type=Path, default=VERDICTS,
+    parser.add_argument("--results", type=file_path, default=VERDICTS,
                         help=f"JSON file that keeps each mutant's row (default {VERDICTS.relative_to(REPO)})")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.only or ()) - {m.name for m in MUTANTS})
+    if unknown:
+        raise DDPMError(f"--only names {unknown}, which are not mutants; they are "
+                        f"{', '.join(m.name for m in MUTANTS)}.")
+    if not args.no_chapters:  # the rows are kept only when the chapters ran
+        results_file(args.results)
+    require_checkout("python -m tools.mutants", git=True)  # every mutant runs in a copy of the git checkout
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
     rows, survivors = [], []
     for mutant in chosen:

@@ -11,19 +11,32 @@ killed: the tests noticed that something was wrong), among the mutants that some
 
 from __future__ import annotations
 
+import argparse
 import collections
 import subprocess
 import sys
 from pathlib import Path
 
+from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.scripts import run_script
+
 BIN = Path(sys.executable).parent
 
 
-def main() -> int:
-    done = subprocess.run([str(BIN / "mutmut"), "results", "--all", "true"], capture_output=True, text=True)
+def main(argv: list[str] | None = None) -> int:
+    return run_script(_run, argv)
+
+
+def _run(argv: list[str] | None) -> int:
+    argparse.ArgumentParser(prog="python -m tools.mutation_score", description=__doc__.splitlines()[0]).parse_args(argv)
+    try:
+        done = subprocess.run([str(BIN / "mutmut"), "results", "--all", "true"], capture_output=True, text=True)
+    except OSError as error:
+        raise DDPMError(f"mutmut could not be run ({error.strerror}): run make mutation-score, which installs it "
+                        f"and runs it first.") from None
     if done.returncode != 0:
-        print(f"mutmut results failed; run `mutmut run` first.\n{done.stderr}", file=sys.stderr)
-        return 2
+        said = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise DDPMError(f"mutmut results failed ({said}); run make mutation-score, which runs mutmut first.")
     by_module: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for line in done.stdout.splitlines():
         name, _, status = line.strip().rpartition(": ")

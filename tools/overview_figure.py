@@ -11,6 +11,7 @@ that teaches it. The picture is made to be read at 700 pixels wide.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+
+from ddpm_core.utils.files import atomic_write, check_writable  # noqa: E402
+from ddpm_core.utils.scripts import run_script  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "book" / "figures" / "overview.png"
@@ -147,13 +151,21 @@ def draw() -> plt.Figure:
     return fig
 
 
-def main() -> None:
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+def main(argv: list[str] | None = None) -> int:
+    return run_script(_run, argv)
+
+
+def _run(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.overview_figure", description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    check_writable(OUTPUT, OUTPUT.name)
     fig = draw()
-    fig.savefig(OUTPUT, dpi=200, metadata={"Software": None})
+    # atomically: a killed run leaves the committed figure as it was
+    atomic_write(OUTPUT, lambda tmp: fig.savefig(tmp, format="png", dpi=200, metadata={"Software": None}))
     plt.close(fig)
     print(f"wrote {OUTPUT.relative_to(REPO)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

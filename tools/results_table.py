@@ -26,6 +26,10 @@ import sys
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
+from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.files import write_bytes
+from ddpm_core.utils.scripts import run_script
+
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "book" / "_generated" / "results_table.md"
 TRAINING_OUTPUT = REPO / "book" / "_generated" / "training_time.md"
@@ -43,8 +47,13 @@ REFERENCE_LOSSES = [0.2203, 0.1124, 0.0987, 0.0889, 0.0839, 0.0779, 0.0756, 0.07
 EPOCHS_SHOWN = (1, 5, 10, 15)
 
 
-class MissingResult(RuntimeError):
+class MissingResult(DDPMError):
     """A stored result is not where this script reads it: the file, or its format, changed."""
+
+
+def shown(path: Path) -> str:
+    """``path`` as a message names it: relative to the repository when it lies inside."""
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
 
 
 def chapter_outputs(name: str) -> str:
@@ -179,7 +188,7 @@ def samples() -> list[str]:
 
 def training_time() -> dict:
     if not TRAINING_TIME.is_file():
-        raise MissingResult(f"{TRAINING_TIME.relative_to(REPO)} is missing: run python -m benchmarks.training_time")
+        raise MissingResult(f"{shown(TRAINING_TIME)} is missing: run python -m benchmarks.training_time")
     return json.loads(TRAINING_TIME.read_text(encoding="utf-8"))
 
 
@@ -233,7 +242,11 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return run_script(_run, argv)
+
+
+def _run(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.results_table", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="only compare with the committed table; exit 1 if it is stale")
     args = parser.parse_args(argv)
@@ -242,12 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         stale = [path for path, text in outputs.items()
                  if (path.read_text(encoding="utf-8") if path.exists() else "") != text]
         for path in stale:
-            print(f"{path.relative_to(REPO)} is stale: run python -m tools.results_table", file=sys.stderr)
+            print(f"{shown(path)} is stale: run python -m tools.results_table", file=sys.stderr)
         return 1 if stale else 0
     for path, text in outputs.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {path.relative_to(REPO)}")
+        write_bytes(path, text.encode("utf-8"))  # atomically: a killed run leaves the page's table as it was
+        print(f"wrote {shown(path)}")
     return 0
 
 

@@ -92,9 +92,29 @@ def install_runtime(static: str | Path, dist: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":  # python -m ddpm_core.app.live _build/html/_static [ORT_DIST] (make book does this)
-    if len(sys.argv) not in (2, 3):
-        sys.exit("usage: python -m ddpm_core.app.live STATIC_DIR [ORT_DIST] (the built book's _static folder, and "
-                 "onnxruntime-web's dist folder to copy the runtime from)")
-    if len(sys.argv) == 3:
-        install_runtime(sys.argv[1], sys.argv[2])
-    print(f"wrote {write_file_mode(sys.argv[1])} for pages opened from disk")
+    import argparse
+
+    from ddpm_core.utils.arguments import folder
+    from ddpm_core.utils.errors import DDPMError
+    from ddpm_core.utils.scripts import run_script
+
+    def _pack(argv: list[str] | None) -> int:
+        parser = argparse.ArgumentParser(prog="python -m ddpm_core.app.live",
+                                         description="Pack the live panel for pages opened from disk.")
+        parser.add_argument("static", type=folder, metavar="STATIC_DIR", help="the built book's _static folder")
+        parser.add_argument("dist", type=folder, nargs="?", metavar="ORT_DIST",
+                            help="onnxruntime-web's dist folder, to copy the runtime from")
+        args = parser.parse_args(argv)
+        for given, what in ((args.static, "STATIC_DIR"), (args.dist, "ORT_DIST")):
+            if given is not None and not given.is_dir():
+                raise DDPMError(f"{what} {given} is not a folder: pass the built book's _static folder and "
+                                f"onnxruntime-web's dist folder, as make book does (run make book).")
+        try:
+            if args.dist is not None:
+                install_runtime(args.static, args.dist)
+            print(f"wrote {write_file_mode(args.static)} for pages opened from disk")
+        except (OSError, ValueError) as error:  # a missing or unreadable file of the panel, or bad JSON in one
+            raise DDPMError(f"Cannot pack the live panel from {args.static}: {error}") from None
+        return 0
+
+    sys.exit(run_script(_pack))

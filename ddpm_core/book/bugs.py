@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from ddpm_core.book.checkout import REPO
 from ddpm_core.utils.errors import DDPMError
-from ddpm_core.utils.files import store_entry
+from ddpm_core.utils.files import check_writable, store_entry
+from ddpm_core.utils.scripts import read_json_object
 
-PACKAGE = Path(__file__).resolve().parents[1]
-REPO = PACKAGE.parent
 STAGES = ("sampling", "display", "training", "maths")
 
 
@@ -123,10 +123,17 @@ class Bug:
 
 def scratch_copy(repo: Path = REPO) -> Path:
     """The repository's committed files, with any changes to them, in a new folder (no .venv, runs or build)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True,
+                                text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise DDPMError(f"Cannot list the files of the repository at {repo}: git could not be run ({error}).") from None
+    if listed.returncode != 0:
+        raise DDPMError(f"Cannot list the files of the repository at {repo}: git ls-files stopped with exit status "
+                        f"{listed.returncode} ({listed.stderr.strip()[-200:]}). A bug is run in a copy of a git "
+                        f"checkout of the repository.")
     root = Path(tempfile.mkdtemp(prefix="ddpm-bug-"))
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True,
-                           text=True, check=True).stdout.splitlines()
-    for name in files:
+    for name in listed.stdout.splitlines():
         source = repo / name
         if source.is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +173,27 @@ VERDICTS = REPO / "book" / "results" / "mutants.json"  # what caught each bug: `
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
+def check_training_outputs(names: list[str]) -> None:
+    """Refuse, before any training, a run folder of ``names`` or the losses file that cannot be written, and a
+    losses file that is not the JSON object ``train_with`` adds to."""
+    for name in names:
+        check_writable(REPO / training_run(name) / "model.safetensors", "model.safetensors")
+    check_writable(LOSSES, LOSSES.name)
+    if LOSSES.exists():
+        read_json_object(LOSSES, "the short runs' losses by timestep (a JSON object)",
+                         f"Nothing was trained; restore it with `git checkout {LOSSES.relative_to(REPO)}`.")
+
+
+def _checked_run(command: list[str], what: str, **options) -> subprocess.CompletedProcess:
+    """Run ``command``, or raise ``DDPMError`` saying that ``what`` stopped (and why, when its output is captured)."""
+    done = subprocess.run(command, **options)
+    if done.returncode != 0:
+        said = (done.stderr or "").strip().splitlines()[-1:]
+        why = f": {said[0]}" if said else " (its message is above)"
+        raise DDPMError(f"{what} stopped with exit status {done.returncode}{why}. Nothing was stored in {LOSSES}.")
+    return done
+
+
 def train_with(name: str, epochs: int = 2) -> Path:
     """Train the book's recipe for ``epochs`` on the 60,000 images with the training bug ``name`` (or
     ``"correct"``: without one) into ``runs/bugs/NAME``, resuming a run already there; then store its
@@ -177,13 +205,13 @@ def train_with(name: str, epochs: int = 2) -> Path:
                "--seed", "0", "--no-progress"] + (["--resume"] if RunFolder(out).resumable() else [])
     measure = [sys.executable, "-m", "ddpm_core.book.bugs_cli", "losses", str(RunFolder(out).weights)]
     if name == CORRECT:
-        subprocess.run(command, cwd=REPO, check=True)
-        measured = subprocess.run(measure, cwd=REPO, check=True, capture_output=True, text=True)
+        _checked_run(command, f"Training {name}", cwd=REPO)
+        measured = _checked_run(measure, f"Measuring {name}", cwd=REPO, capture_output=True, text=True)
     else:
         with copy_with(bug(name)) as root:
             env = env_of(root)
-            subprocess.run(command, cwd=root, env=env, check=True)
-            measured = subprocess.run(measure, cwd=root, env=env, check=True, capture_output=True, text=True)
+            _checked_run(command, f"Training {name}", cwd=root, env=env)
+            measured = _checked_run(measure, f"Measuring {name}", cwd=root, env=env, capture_output=True, text=True)
     store_entry(LOSSES, name, json.loads(measured.stdout))
     return out
 

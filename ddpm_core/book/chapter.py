@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from ddpm_core.book.checkout import REPO  # the repository: the package and book/ side by side
 from ddpm_core.utils.files import atomic_write
 from ddpm_core.utils.images import make_grid
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 QUICK_ENV = "DDPM_QUICK"
 SCRATCH_ENV = "DDPM_SCRATCH"
 COLAB_CLONE = "/content/ddpm-book"  # where the Colab cell clones the repository
-REPO = Path(__file__).resolve().parents[2]  # the repository: the package and book/ side by side
 TRAINING_TIME = REPO / "book" / "results" / "training_time.json"
 # The committed checkpoints, relative to the repository (the sample sets store them in this form).
 BOOK_MODEL = "book/checkpoints/ddpm_mnist.safetensors"  # chapter 4's run: the book's model

@@ -25,24 +25,21 @@ about trajectories, instead of the images themselves.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import Tensor
 
 from ddpm_core.book.chapter import BOOK_MODEL, CONDITIONAL_MODEL, REFERENCE_MODEL, REPO, output_dir, quick_mode
+from ddpm_core.book.sample_files import SampleRecord, read_record, write_record
 from ddpm_core.diffusion.conditioning import MNIST_CLASSES, class_cycle, class_rows
 from ddpm_core.diffusion.samplers import sampler_named
 from ddpm_core.training.run_folder import RunFolder
 from ddpm_core.utils.errors import DDPMError
-from ddpm_core.utils.files import atomic_write, sha256_of
-from ddpm_core.utils.images import from_uint8, to_uint8
+from ddpm_core.utils.files import sha256_of
 
 REGENERATE_ENV = "DDPM_REGENERATE"
 STORE = REPO / "book" / "samples"
@@ -110,26 +107,6 @@ class SampleSet:
         if self.labels == "rows":
             return class_rows(MNIST_CLASSES, self.num_samples)
         raise DDPMError(f"labels must be None, 'cycle' or 'rows', got {self.labels!r}.")
-
-
-@dataclass
-class SampleRecord:
-    """A generated set as the chapters use it.
-
-    ``samples`` (N, 1, 28, 28) are in [-1, 1] (stored as 8-bit images, so within 1/255 of the
-    sampler's output, clipped to [-1, 1]); ``seconds`` is the sampling wall time with ``threads``
-    CPU threads; ``trained`` holds the checkpoint's epoch and epoch-mean losses. With a judged
-    trajectory, ``readings[k, n]`` is the digit the judge reads in sample n's predicted x_0 at
-    ``timesteps[k]`` (largest first, 0 last: the finished sample).
-    """
-
-    samples: Tensor
-    seconds: float
-    threads: int
-    requested: Tensor | None = None
-    timesteps: list[int] | None = None
-    readings: Tensor | None = None
-    trained: dict[str, Any] = field(default_factory=dict)
 
 
 _SLOW = {"num_samples": 16, "sampler": "ddim", "steps": 10}  # quick mode's stand-in for DDPM-1000 runs
@@ -242,13 +219,13 @@ def load_samples(name: str, progress: bool = True, **changes: Any) -> SampleReco
     path = stored_path(name)
     checkpoint = REPO / spec.checkpoint
     if quick_mode() and (STORE / path.name).exists():
-        full, stored = read_record(STORE / path.name)
+        full, stored = read_record(STORE / path.name, stored_remedy(name))
         full_spec = replace(SAMPLE_SETS[name], **changes)
         if not checkpoint.exists() or (stored["definition"] == full_spec.definition()
                                        and stored["checkpoint_sha256"] == sha256_of(checkpoint)):
             return _first(full, spec.num_samples)
     if path.exists() and not regenerate_mode():
-        record, stored = read_record(path)
+        record, stored = read_record(path, stored_remedy(name) if path.parent == STORE else None)
         if stored["definition"] == spec.definition() and (
             not checkpoint.exists() or stored["checkpoint_sha256"] == sha256_of(checkpoint)
         ):
@@ -322,48 +299,22 @@ def _generate_with_bug(spec: SampleSet, checkpoint: Path) -> SampleRecord:
         return read_record(into)[0]
 
 
-def write_record(path: Path, record: SampleRecord, spec: SampleSet, checkpoint_sha256: str) -> None:
-    """Store ``record`` in a compressed ``.npz`` file, with its definition and the checkpoint's hash."""
-    meta = {"what": spec.what, "definition": spec.definition(), "checkpoint_sha256": checkpoint_sha256,
-            "seconds": record.seconds, "threads": record.threads, "timesteps": record.timesteps,
-            "trained": record.trained}
-    arrays = {"samples": to_uint8(record.samples.cpu()).numpy(),
-              "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
-    if record.requested is not None:
-        arrays["requested"] = record.requested.to(torch.uint8).numpy()
-    if record.readings is not None:
-        arrays["readings"] = record.readings.to(torch.uint8).numpy()
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()), needed_bytes=buffer.tell())
-
-
-def read_record(path: Path) -> tuple[SampleRecord, dict[str, Any]]:
-    """The record stored at ``path`` and its metadata (definition, checkpoint hash)."""
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            meta = json.loads(stored["meta"].tobytes().decode())
-            record = SampleRecord(
-                samples=from_uint8(stored["samples"]),
-                seconds=float(meta["seconds"]),
-                threads=int(meta["threads"]),
-                requested=torch.from_numpy(stored["requested"]).long() if "requested" in stored else None,
-                timesteps=meta["timesteps"],
-                readings=torch.from_numpy(stored["readings"]).long() if "readings" in stored else None,
-                trained=meta.get("trained", {}),
-            )
-    except (OSError, ValueError, KeyError) as error:
-        raise DDPMError(f"{path} is not a readable sample set ({error}). Delete it, and the chapter generates "
-                        f"it again, or restore it with `git checkout {path.name}` in book/samples.") from None
-    return record, meta
+def stored_remedy(name: str) -> str:
+    """How to make the stored file of the set ``name`` again, for a message about a damaged one."""
+    return (f"Generate it again with `python -m ddpm_core.book.sample_sets_cli {name}` (which replaces it), or "
+            f"restore the committed one with `git checkout book/samples/{name}.npz`.")
 
 
 def status(name: str) -> str:
-    """Whether the set ``name`` is stored and made from today's checkpoint and definition."""
+    """Whether the set ``name`` is stored and made from today's checkpoint and definition ("unreadable": its file
+    is damaged, and generating the set replaces it)."""
     spec, path = SAMPLE_SETS[name], STORE / f"{name}.npz"
     if not path.exists():
         return "missing"
-    _, meta = read_record(path)
+    try:
+        _, meta = read_record(path)
+    except DDPMError:
+        return "unreadable"
     checkpoint = REPO / spec.checkpoint
     if meta["definition"] != spec.definition():
         return "another definition"
