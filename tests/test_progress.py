@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import subprocess
 
 import pytest
 from tqdm import tqdm as std_tqdm
 
 from ddpm_core.utils import progress
 from ddpm_core.utils.progress import EpochProgress, LogProgress, progress_bar
+from tests.helpers import DDPM, REPO, TINY_FLAGS, child_env, needs_mnist
 
 
 class Terminal(io.StringIO):
@@ -55,3 +57,17 @@ def test_no_progress_silences_a_bar_in_a_log_too(monkeypatch):
         epoch.add(0.5, 4)
     epoch.close()
     assert log.getvalue() == "" and epoch.mean == 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@needs_mnist
+def test_a_train_log_written_to_a_file_has_a_few_plain_lines_not_one_update_per_step(tmp_path):
+    log = tmp_path / "train.log"
+    with open(log, "w") as stderr:  # a file, not a terminal, as under nohup or in CI
+        done = subprocess.run([*DDPM, "train", "--out", str(tmp_path / "run"), "--epochs", "3", "--subset", "512",
+                               *TINY_FLAGS], cwd=REPO, env=child_env(), stdout=stderr, stderr=stderr, timeout=280)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert "\r" not in text  # no carriage-return updates piled onto one line
+    assert len(text.splitlines()) <= 3 + 10  # a line per epoch and a few more, not one per step (8 per epoch here)

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ddpm_core.diffusion.conditioning import Labels, guided_eps, sampling_labels
 from ddpm_core.diffusion.schedule import NoiseSchedule
 from ddpm_core.utils.errors import DDPMError
+from ddpm_core.utils.progress import progress_bar
 
 MNIST_SHAPE = (1, 28, 28)
 NoisePredictor = Callable[..., Tensor]  # eps_theta: (x_t (B, C, H, W), t (B,)[, labels (B,)]) -> eps (B, C, H, W)
@@ -144,7 +144,7 @@ class SeedBatches:
         num_samples, seed, seeds: which seeds, as for ``sampling.sample``.
         x_T: the starting noise of every sample, (N, C, H, W), in place of each seed's first draw.
         capture: timesteps (0..T) to record.
-        progress: show a tqdm progress bar.
+        progress: show a progress bar (a few plain lines when writing to a log).
         batch_size: seeds per batch.
         image_shape: (C, H, W) of one image.
         labels, guidance: the classes asked of a conditional network and the weight w of guidance.
@@ -183,8 +183,7 @@ class SeedBatches:
         self.labels = sampling_labels(getattr(model, "null_label", None), labels, guidance, len(self.seeds))
         self.batch_size = batch_size
         num_batches = -(-len(self.seeds) // batch_size)
-        self.bar = tqdm(total=len(visits) * num_batches, desc=f"{sampler} sampling", unit="step",
-                        disable=not progress, leave=False)
+        self.bar = progress_bar(len(visits) * num_batches, f"{sampler} sampling", progress, unit="step")
         self._outputs: list[Tensor] = []
         self._xt_frames: list[Tensor] = []
         self._x0_frames: list[Tensor] = []
