@@ -2,10 +2,11 @@
 
 On a terminal, ``progress_bar`` is tqdm's bar. When standard error is a file or a pipe (a log,
 CI, ``nohup``), a bar's carriage-return updates would pile up on one line of the file, one per
-step; there it prints a plain line instead, at most once every ``LOG_INTERVAL_S`` seconds (and
-a last one when a bar that printed finishes), so a 30-minute training run writes a few dozen
-lines and a task shorter than the interval writes none. In Jupyter, tqdm draws its own widget. ``enabled=False`` (the
-command line's ``--no-progress``) silences both.
+step; there it prints a plain line instead: a first one after ``LOG_FIRST_S`` seconds, then at
+most one every ``LOG_INTERVAL_S`` seconds, and a last one when a bar that printed finishes. A
+30-minute training run writes a few lines per epoch, and a task of a few seconds writes none.
+In Jupyter, tqdm draws its own widget. ``enabled=False`` (the command line's ``--no-progress``)
+silences both.
 
 ``EpochProgress`` is the progress of one training epoch: a bar over its steps and the running
 mean of the loss, shared by the diffusion model's training loop and the judge's.
@@ -20,19 +21,22 @@ from typing import Any
 from tqdm.auto import tqdm
 
 LOG_INTERVAL_S = 60.0  # how often a bar writing to a log prints a line
+LOG_FIRST_S = 5.0  # when it prints its first: a task that runs this long gets a line saying it has started
 
 
 class LogProgress:
     """The part of tqdm's interface the package uses, written as plain lines for a log."""
 
-    def __init__(self, total: int, desc: str, unit: str = "it", interval_s: float = LOG_INTERVAL_S) -> None:
+    def __init__(self, total: int, desc: str, unit: str = "it", interval_s: float = LOG_INTERVAL_S,
+                 first_s: float = LOG_FIRST_S) -> None:
         self.total, self.desc, self.unit, self.interval_s = total, desc, unit, interval_s
         self.n, self.postfix, self.lines = 0, "", 0
-        self._started = self._printed = time.monotonic()
+        self._started = time.monotonic()
+        self._due = self._started + min(first_s, interval_s)
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if time.monotonic() - self._printed >= self.interval_s:
+        if time.monotonic() >= self._due:
             self._print()
 
     def set_postfix(self, **values: Any) -> None:
@@ -44,8 +48,9 @@ class LogProgress:
         self.lines = 0  # a second close prints nothing
 
     def _print(self) -> None:
-        self._printed, self.lines = time.monotonic(), self.lines + 1
-        elapsed = self._printed - self._started
+        now, self.lines = time.monotonic(), self.lines + 1
+        self._due = now + self.interval_s
+        elapsed = now - self._started
         extra = f", {self.postfix}" if self.postfix else ""
         print(f"{self.desc}: {self.n}/{self.total} {self.unit}s, {elapsed:.0f} s{extra}", file=sys.stderr, flush=True)
 
