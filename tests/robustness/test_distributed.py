@@ -244,6 +244,25 @@ def test_a_refused_torchrun_launch_prints_its_message_once(options, words, run_c
     assert folder_hashes(run_copy) == before
 
 
+@pytest.mark.slow
+@needs_mnist
+@pytest.mark.timeout(600)
+def test_a_batch_that_the_processes_cannot_split_is_refused_and_the_advice_trains(tmp_path):
+    out = tmp_path / "run"
+    flags = list(TINY_FLAGS)
+    flags[flags.index("--batch-size") + 1] = "63"
+    refused = subprocess.run(torchrun("--out", str(out), "--epochs", "1", "--subset", "128", *flags), cwd=REPO,
+                             env=launch_env(), capture_output=True, text=True, timeout=300)
+    output = refused.stdout + refused.stderr
+    assert_no_traceback_of_ours(output)
+    assert output.count("choose a --batch-size that 2 divides") == 1, output
+    flags[flags.index("--batch-size") + 1] = "64"  # the advice: a batch that 2 divides
+    followed = subprocess.run(torchrun("--out", str(out), "--epochs", "1", "--subset", "128", *flags), cwd=REPO,
+                              env=launch_env(), capture_output=True, text=True, timeout=300)
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    assert RunFolder(out).weights.is_file()
+
+
 # 5. When torchrun loses a process, rank 0 says which, what is saved and how to continue ----------------------
 
 
