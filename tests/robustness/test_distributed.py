@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,91 @@ def test_a_process_whose_peers_never_join_stops_after_the_rendezvous_timeout(ran
     assert done.stderr.count("waiting up to") == 1 and done.stderr.count("error: ") == 1, done.stderr
     assert time.monotonic() - started < timeout + 60  # it gave up, rather than waiting for the collectives' 10 min
     assert folder_hashes(run_copy) == before
+
+
+def start_by_hand(out: Path, port: int, ranks: tuple[str, ...], world_size: int = 2,
+                  **variables: str) -> list[subprocess.Popen]:
+    """Processes of a run started by hand, as the rendezvous messages tell a person to."""
+    env = launch_env(WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **variables)
+    flags = list(TINY_FLAGS)
+    flags[flags.index("--batch-size") + 1] = str(32 * world_size)  # a batch that every world size here splits
+    argv = [*DDPM, "train", "--out", str(out), "--epochs", "1", "--subset", "192", *flags]
+    return [subprocess.Popen(argv, cwd=REPO, env={**env, "RANK": rank}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for rank in ranks]
+
+
+def finish(processes: list[subprocess.Popen]) -> list[tuple[int, str]]:
+    try:
+        return [(p.wait(timeout=300), p.communicate()[1]) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+
+
+@pytest.mark.slow
+@needs_mnist
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("alone, advice", [
+    ("1", "Start process 0 (RANK=0) with the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE=2"),
+    ("0", "missing: RANK 1"),
+])
+def test_the_advice_to_start_the_missing_process_with_the_same_settings_trains(alone, advice, tmp_path):
+    out, port = tmp_path / "run", free_port()
+    ((code, stderr),) = finish(start_by_hand(out, port, (alone,), DDPM_RENDEZVOUS_TIMEOUT="2"))
+    assert code == 2 and advice in stderr, stderr
+    done = finish(start_by_hand(out, free_port(), ("0", "1")))  # the advice: the missing process beside it
+    assert [code for code, _ in done] == [0, 0], done
+    assert RunFolder(out).weights.is_file()
+
+
+@pytest.mark.slow
+@needs_mnist
+@pytest.mark.timeout(600)
+def test_the_advice_to_choose_a_free_port_trains(tmp_path):
+    out = tmp_path / "run"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ((code, stderr),) = finish(start_by_hand(out, taken.getsockname()[1], ("0",)))
+    assert code == 2 and "Choose a free port with MASTER_PORT" in stderr, stderr
+    done = finish(start_by_hand(out, free_port(), ("0", "1")))  # the advice: another, free MASTER_PORT
+    assert [code for code, _ in done] == [0, 0], done
+    assert RunFolder(out).weights.is_file()
+
+
+@pytest.mark.slow
+@needs_mnist
+@pytest.mark.timeout(600)
+def test_the_advice_to_give_each_process_its_own_rank_trains(tmp_path):
+    out = tmp_path / "run"
+    done = finish(start_by_hand(out, free_port(), ("0", "1", "1")))
+    refused = [stderr for code, stderr in done if code == 2]
+    assert len(refused) == 1 and "Two processes of this run have RANK=1" in refused[0], done
+    assert "give each another RANK" in refused[0]
+    done = finish(start_by_hand(tmp_path / "again", free_port(), ("0", "1")))  # the advice: RANKs 0 and 1
+    assert [code for code, _ in done] == [0, 0], done
+
+
+@pytest.mark.slow
+@needs_mnist
+@pytest.mark.timeout(600)
+def test_the_advice_to_start_every_process_again_after_process_0_stopped_trains(tmp_path):
+    out, port = tmp_path / "run", free_port()
+    first = start_by_hand(out, port, ("0",), world_size=3, DDPM_RENDEZVOUS_TIMEOUT="120")
+    wait_for(lambda: (out / ".lock").exists() or first[0].poll() is not None, what="process 0")
+    second = start_by_hand(out, port, ("1",), world_size=3, DDPM_RENDEZVOUS_TIMEOUT="120")
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=120))
+    # process 1 joins the rendezvous that process 0 holds, then both wait for process 2
+    wait_for(lambda: store.add("ddpm_core/joined", 0) >= 2 or second[0].poll() is not None, what="process 1")
+    first[0].kill()
+    ((code, stderr),) = finish(second)
+    finish(first)
+    assert code == 2 and "lost the rendezvous" in stderr and "start every process again" in stderr, stderr
+    done = finish(start_by_hand(out, free_port(), ("0", "1", "2"), world_size=3))  # the advice
+    assert [code for code, _ in done] == [0, 0, 0], done
+    assert RunFolder(out).weights.is_file()
 
 
 # 4. Under torchrun, a refusal that every process meets is printed once -------------------------------------
